@@ -1,0 +1,173 @@
+"""The public async API: ``Uploader``.
+
+It borrows the caller's event loop (it never installs one) and, optionally, the caller's
+``aiohttp.ClientSession``. One ``Uploader`` is one budget: every file it uploads, at once or
+one after another, shares ``config.concurrency`` connections.
+
+    async with Uploader(UploadConfig(concurrency=8), on_event=print) as up:
+        result = await up.upload("scan.e57", target)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiohttp
+import anyio
+
+from engine.config import UploadConfig
+from engine.errors import ConfigError, UploadError
+from engine.events import Event, EventHook
+from engine.journal import Journal
+from engine.models import FileInfo, UploadResult
+from engine.target import Target
+from engine.transfer import Engine
+
+__all__ = ["Uploader"]
+
+
+def _ignore(_: Event) -> None:
+    return None
+
+
+class Uploader:
+    """Uploads files to targets under one concurrency budget.
+
+    config:    how bytes move (``UploadConfig``).
+    session:   an ``aiohttp.ClientSession`` to use instead of owning two (one for data, one
+               for control-plane calls); the caller keeps ownership and closes it.
+    on_event:  called on the loop with every ``engine.events`` record.
+    journal:   path of a resume journal (append-only JSON lines); ``None`` keeps it in memory.
+    on_change: a journaled file whose size/mtime changed: ``"restart"`` it or ``"refuse"``.
+    sleep:     injected wait (tests pass a no-op to switch backoff waiting off).
+    """
+
+    def __init__(
+        self,
+        config: UploadConfig | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        on_event: EventHook | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        on_change: str = "restart",
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if on_change not in ("restart", "refuse"):
+            raise ConfigError(f"on_change must be 'restart' or 'refuse', got {on_change!r}")
+        self.config = config or UploadConfig()
+        self._session = session
+        self._on_event = on_event or _ignore
+        self._journal_path = journal
+        self._on_change = on_change
+        self._sleep = sleep or anyio.sleep
+        self._rng = rng
+        self._owned: list[aiohttp.ClientSession] = []
+        self._engine: Engine | None = None
+        self._journal: Journal | None = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._engine else "closed"
+        return f"<Uploader {state} concurrency={self.config.concurrency}>"
+
+    async def __aenter__(self) -> Self:
+        cfg = self.config
+        journal = Journal(self._journal_path)
+        try:
+            if self._session is not None:
+                data = control = self._session
+            else:
+                ssl_ctx = cfg.verify_tls  # False only when the caller switched TLS checks off
+                timeout = aiohttp.ClientTimeout(
+                    total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.stall_timeout
+                )
+                data = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(
+                        limit=cfg.concurrency, limit_per_host=0, ssl=ssl_ctx
+                    ),
+                    timeout=timeout,
+                    auto_decompress=False,
+                    skip_auto_headers=("User-Agent",),
+                )
+                self._owned.append(data)
+                control = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=8, ssl=ssl_ctx),
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, sock_connect=cfg.connect_timeout, sock_read=60
+                    ),
+                )
+                self._owned.append(control)
+        except BaseException:
+            journal.close()
+            await self._close_owned()
+            raise
+        self._journal = journal
+        self._engine = Engine(
+            cfg,
+            data=data,
+            control=control,
+            journal=journal,
+            emit=self._on_event,
+            sleep=self._sleep,
+            rng=self._rng,
+            on_change=self._on_change,
+        )
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._engine = None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        with anyio.CancelScope(shield=True):
+            await self._close_owned()
+
+    async def _close_owned(self) -> None:
+        for s in self._owned:
+            await s.close()
+        self._owned.clear()
+
+    @property
+    def engine(self) -> Engine:
+        """The running engine (for providers that drive several files through one budget)."""
+        if self._engine is None:
+            raise RuntimeError("use 'async with Uploader(...) as up:' before uploading")
+        return self._engine
+
+    async def upload(self, path: str | os.PathLike[str], target: Target) -> UploadResult:
+        """Upload one file; return its result or raise one ``UploadError``."""
+        return await self.engine.upload_file(FileInfo.of(path), target)
+
+    async def upload_many(
+        self,
+        items: Iterable[tuple[str | os.PathLike[str], Target]],
+        *,
+        files_at_once: int = 4,
+    ) -> list[UploadResult | UploadError]:
+        """Upload several files, ``files_at_once`` at a time, under the same budget.
+        Returns, in input order, each file's result or its error (failures do not stop
+        the others; cancellation stops all)."""
+        if files_at_once < 1:
+            raise ConfigError(f"files_at_once must be at least 1, got {files_at_once}")
+        work: Sequence[tuple[str | os.PathLike[str], Target]] = list(items)
+        out: list[UploadResult | UploadError | None] = [None] * len(work)
+        gate = anyio.Semaphore(files_at_once)
+
+        async def one(i: int, path: str | os.PathLike[str], target: Target) -> None:
+            async with gate:
+                try:
+                    out[i] = await self.upload(Path(path), target)
+                except UploadError as exc:
+                    out[i] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i, (path, target) in enumerate(work):
+                tg.start_soon(one, i, path, target)
+        return [r for r in out if r is not None]

@@ -1,0 +1,68 @@
+"""Frozen, validated configuration of one engine instance.
+
+Units are bytes and seconds throughout. Peak memory of the data path is bounded by
+``concurrency * chunk_size * 2`` (one chunk being read while the previous one sits in the
+socket's write buffer), independent of part size and file size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.errors import ConfigError
+
+__all__ = ["GiB", "KiB", "MiB", "UploadConfig"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class UploadConfig:
+    """How the engine moves bytes. Change per call with ``dataclasses.replace``.
+
+    concurrency:     PUTs in flight across every file of one ``Uploader`` (also the size of
+                     its connection pool for data).
+    part_size:       preferred part size in bytes; grows when a file would need more parts
+                     than the target allows, and is clamped to the target's limits.
+    chunk_size:      bytes read, hashed and written per step of a PUT body (about 1 MiB keeps
+                     aiohttp from copying large first chunks and keeps memory low).
+    max_attempts:    attempts per part (first try included) before the file fails.
+    backoff_base:    first retry waits up to this many seconds (full jitter) ...
+    backoff_cap:     ... doubling per attempt up to this cap.
+    stall_timeout:   a PUT that makes no progress for this long is cancelled and retried.
+    connect_timeout: seconds to open a connection.
+    verify_etag:     compare each MD5-form ETag with the MD5 of the bytes sent; re-send on mismatch.
+    verify_tls:      verify certificates of HTTPS endpoints (switching it off is the caller's risk).
+    """
+
+    concurrency: int = 8
+    part_size: int = 64 * MiB
+    chunk_size: int = 1 * MiB
+    max_attempts: int = 8
+    backoff_base: float = 0.25
+    backoff_cap: float = 20.0
+    stall_timeout: float = 30.0
+    connect_timeout: float = 30.0
+    verify_etag: bool = True
+    verify_tls: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency <= 1024:
+            raise ConfigError(f"concurrency must be between 1 and 1024, got {self.concurrency}")
+        if self.part_size < 1:
+            raise ConfigError(f"part_size must be positive, got {self.part_size}")
+        if not 4 * KiB <= self.chunk_size <= 64 * MiB:
+            raise ConfigError(f"chunk_size must be between 4 KiB and 64 MiB, got {self.chunk_size}")
+        if self.max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if self.backoff_base < 0 or self.backoff_cap < self.backoff_base:
+            raise ConfigError("backoff needs 0 <= backoff_base <= backoff_cap")
+        if self.stall_timeout <= 0 or self.connect_timeout <= 0:
+            raise ConfigError("stall_timeout and connect_timeout must be positive")
+
+    @property
+    def memory_ceiling(self) -> int:
+        """Upper bound in bytes of file data the data path holds at once."""
+        return self.concurrency * self.chunk_size * 2

@@ -1,0 +1,136 @@
+"""The one exception tree of the engine. Every public call raises only these.
+
+::
+
+    UploadError                      any failure of the engine, one per failed file
+    ├── ConfigError                  invalid configuration or arguments (a usage error)
+    ├── InputError                   the local file cannot be uploaded as it is
+    │   ├── SourceError              missing, unreadable, not a regular file
+    │   ├── SourceChangedError       size or mtime changed since planning / during upload
+    │   ├── FormatError              not the format the target ingests (wrong header)
+    │   └── TooLargeError            above what the target accepts
+    ├── TransferError                a part could not be stored          (.part_number)
+    │   ├── PartRejectedError        storage refused it for good (4xx), with its message
+    │   └── RetriesExhaustedError    transient failures used up every attempt
+    └── RemoteError                  the platform's control plane said no   (.code)
+        ├── AuthenticationError      bad or missing credentials
+        ├── PermissionDeniedError    credentials valid, access refused
+        ├── NotFoundError            organization, project, model, session ... unknown
+        ├── ConflictError            not unique / already registered
+        ├── QuotaExceededError       the account's limits
+        ├── InvalidRequestError      the platform rejected the request's shape or values
+        ├── ServiceError             5xx / internal error that outlived its retries
+        └── ProcessingError          the platform took the file but could not ingest it
+
+Foreign exceptions (aiohttp, OSError, GraphQL payloads) are translated at one place each:
+``transport`` (storage PUTs), ``source`` (file reads) and ``graphql`` (control planes); the
+transient cause rides along as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigError",
+    "ConflictError",
+    "FormatError",
+    "InputError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PartRejectedError",
+    "PermissionDeniedError",
+    "ProcessingError",
+    "QuotaExceededError",
+    "RemoteError",
+    "RetriesExhaustedError",
+    "ServiceError",
+    "SourceChangedError",
+    "SourceError",
+    "TooLargeError",
+    "TransferError",
+    "UploadError",
+]
+
+
+class UploadError(Exception):
+    """Base of every error the engine raises. ``str(err)`` is one actionable line."""
+
+
+class ConfigError(UploadError, ValueError):
+    """Invalid configuration or arguments."""
+
+
+class InputError(UploadError):
+    """The local file cannot be uploaded as it is."""
+
+
+class SourceError(InputError):
+    """The file is missing, unreadable or not a regular file."""
+
+
+class SourceChangedError(InputError):
+    """The file changed (size or modification time) after it was planned."""
+
+
+class FormatError(InputError):
+    """The file is not in a format the target ingests."""
+
+
+class TooLargeError(InputError):
+    """The file is larger than the target accepts."""
+
+
+class TransferError(UploadError):
+    """A part could not be stored."""
+
+    def __init__(self, message: str, *, part_number: int) -> None:
+        super().__init__(message)
+        self.part_number = part_number
+
+
+class PartRejectedError(TransferError):
+    """Storage refused a part for a reason a retry cannot fix."""
+
+
+class RetriesExhaustedError(TransferError):
+    """A part failed transiently on every attempt."""
+
+
+class RemoteError(UploadError):
+    """The platform's control plane refused a request. ``code`` is the platform's code."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AuthenticationError(RemoteError):
+    """Credentials are missing, malformed or not accepted."""
+
+
+class PermissionDeniedError(RemoteError):
+    """Credentials are valid but may not do this."""
+
+
+class NotFoundError(RemoteError):
+    """A referenced object (organization, project, model, session) does not exist."""
+
+
+class ConflictError(RemoteError):
+    """The request collides with existing state (not unique, already registered)."""
+
+
+class QuotaExceededError(RemoteError):
+    """The account's limits forbid the request."""
+
+
+class InvalidRequestError(RemoteError):
+    """The platform rejected the request's shape or values."""
+
+
+class ServiceError(RemoteError):
+    """The platform failed (5xx, internal error, throttling) on every retry."""
+
+
+class ProcessingError(RemoteError):
+    """The platform accepted the upload but could not turn it into a model or version."""

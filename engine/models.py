@@ -1,0 +1,112 @@
+"""Records that cross layers. All frozen; sizes in bytes, part numbers 1-based."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import SourceError
+
+__all__ = [
+    "FileInfo",
+    "PartLimits",
+    "PartRequest",
+    "PartResult",
+    "PartSpec",
+    "UploadResult",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class PartSpec:
+    """Byte range ``[offset, offset + size)`` of a file, sent as part ``number`` (1-based)."""
+
+    number: int
+    offset: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    """A stored part. ``etag`` is exactly what the storage returned, quotes included."""
+
+    number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class PartRequest:
+    """How to send one part: the presigned URL, the method and the headers it requires."""
+
+    url: str
+    method: str = "PUT"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PartLimits:
+    """What the target accepts. Every part but the last is at least ``min_size``."""
+
+    min_size: int = 5 * 1024**2
+    max_size: int = 5 * 1024**3
+    max_parts: int = 10_000
+    single: bool = False  # the whole file in one PUT
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """A local file as it was when planned; its fingerprint detects later changes."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> FileInfo:
+        p = Path(path).absolute()
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise SourceError(f"{p}: no such file") from None
+        except PermissionError:
+            raise SourceError(f"{p}: permission denied") from None
+        except OSError as exc:
+            raise SourceError(f"{p}: cannot read ({exc.strerror})") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{p}: not a regular file")
+        return cls(p, st.st_size, st.st_mtime_ns)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the file in journals and reports."""
+        return str(self.path)
+
+    @property
+    def fingerprint(self) -> dict[str, object]:
+        return {"path": str(self.path), "size": self.size, "mtime_ns": self.mtime_ns}
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    """One file's upload: what went where, and what it cost."""
+
+    path: Path
+    size: int
+    parts: tuple[PartResult, ...]
+    seconds: float
+    bytes_sent: int
+    retries: int
+    remote: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        """Bytes per second of the file's wall time (0 for an instant upload)."""
+        return self.size / self.seconds if self.seconds > 0 else 0.0

@@ -1,0 +1,30 @@
+"""The public surface is a list, pinned here: changing it is a deliberate act."""
+
+from __future__ import annotations
+
+import engine
+
+EXPECTED = {
+    "AuthenticationError", "BytesSent", "ConfigError", "ConflictError", "Event", "EventHook",
+    "FileFailed", "FileFinished", "FileInfo", "FileStarted", "FormatError", "GiB", "InputError",
+    "InvalidRequestError", "KiB", "MiB", "NotFoundError", "PartDone", "PartLimits",
+    "PartRejectedError", "PartRequest", "PartResult", "PartRetry", "PartSpec",
+    "PermissionDeniedError", "Phase", "PresignedMultipart", "ProcessingError",
+    "QuotaExceededError", "RemoteError", "RetriesExhaustedError", "ServiceError",
+    "SourceChangedError", "SourceError", "Target", "TargetContext", "TooLargeError",
+    "TransferError", "UploadConfig", "UploadError", "UploadResult", "Uploader", "__version__",
+    "plan_parts",
+}  # fmt: skip
+
+
+def test_all_is_pinned() -> None:
+    assert set(engine.__all__) == EXPECTED
+    for name in engine.__all__:
+        assert hasattr(engine, name), name
+
+
+def test_every_public_error_derives_from_upload_error() -> None:
+    for name in engine.__all__:
+        obj = getattr(engine, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, engine.UploadError), name

@@ -1,0 +1,81 @@
+"""Retry classification and backoff are pure: tested without a loop or a network."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+import pytest
+
+from engine.retry import backoff_delay, classify_response, is_md5_etag, parse_retry_after
+
+EXPIRED = (
+    b"<?xml version='1.0'?><Error><Code>AccessDenied</Code>"
+    b"<Message>Request has expired</Message></Error>"
+)
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
+def test_server_errors_and_throttling_are_transient(status: int) -> None:
+    assert classify_response(status, b"").kind == "transient"
+
+
+def test_slowdown_and_request_timeout_codes_are_transient() -> None:
+    slow = classify_response(503, b"<Error><Code>SlowDown</Code></Error>")
+    assert slow.kind == "transient" and "SlowDown" in slow.reason
+    timeout = classify_response(400, b"<Error><Code>RequestTimeout</Code></Error>")
+    assert timeout.kind == "transient"
+
+
+def test_expired_url_asks_for_a_fresh_one() -> None:
+    verdict = classify_response(403, EXPIRED)
+    assert verdict.kind == "expired"
+    assert "Request has expired" in verdict.reason
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "text"),
+    [
+        (
+            403,
+            b"<Error><Code>SignatureDoesNotMatch</Code><Message>bad sig</Message></Error>",
+            "bad sig",
+        ),
+        (400, b"<Error><Code>EntityTooLarge</Code></Error>", "EntityTooLarge"),
+        (404, b"<Error><Code>NoSuchUpload</Code></Error>", "NoSuchUpload"),
+        (411, b"Length Required", "Length Required"),
+    ],
+)
+def test_other_client_errors_are_fatal_with_the_server_message(
+    status: int, body: bytes, text: str
+) -> None:
+    verdict = classify_response(status, body)
+    assert verdict.kind == "fatal"
+    assert text in verdict.reason and str(status) in verdict.reason
+
+
+def test_retry_after_seconds_fractions_and_dates() -> None:
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after("0.25") == 0.25
+    now = datetime(2026, 1, 1, 0, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("Thu, 01 Jan 2026 00:00:05 GMT", now) == 5.0
+    assert parse_retry_after("garbage") is None
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("-3") == 0.0
+    assert classify_response(429, b"", "1.5").retry_after == 1.5
+
+
+def test_full_jitter_backoff_is_bounded_and_grows() -> None:
+    rng = random.Random(7)
+    for attempt in range(1, 30):
+        delay = backoff_delay(attempt, base=0.5, cap=10.0, rng=rng)
+        assert 0.0 <= delay <= min(10.0, 0.5 * 2 ** (attempt - 1))
+    late = [backoff_delay(8, base=0.5, cap=10.0, rng=rng) for _ in range(200)]
+    assert max(late) > 5.0  # reaches toward the cap, not stuck at the base
+
+
+def test_md5_etags_are_recognised() -> None:
+    assert is_md5_etag('"d41d8cd98f00b204e9800998ecf8427e"')
+    assert is_md5_etag("d41d8cd98f00b204e9800998ecf8427e")
+    assert not is_md5_etag('"d41d8cd98f00b204e9800998ecf8427e-3"')
+    assert not is_md5_etag("")
