@@ -1,0 +1,151 @@
+"""GraphQL over HTTP for the control planes: the one place their failures are translated.
+
+Rules:
+- a request is retried (full-jitter backoff, ``Retry-After`` honoured) on connection errors,
+  timeouts, HTTP 429 and 5xx, and on GraphQL errors whose code the provider marks transient;
+  ``retry=False`` sends once (for calls that are not idempotent);
+- every other failure becomes the ``RemoteError`` subclass the provider's ``classify`` picks,
+  with one readable line: the operation, the platform's message and code;
+- a body that is not GraphQL JSON (an HTML error page, a proxy's text) is reported with its
+  status and first line, never as a parse traceback;
+- credentials are sent in a header only; every message is redacted.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import anyio
+import orjson
+
+from engine.errors import RemoteError, ServiceError
+from engine.redact import redact
+from engine.retry import backoff_delay, parse_retry_after
+
+__all__ = ["Classify", "GraphQLClient", "GraphQLFailure"]
+
+_OP_RE = re.compile(r"\b(?:query|mutation)\s+(\w+)")
+
+
+@dataclass(frozen=True, slots=True)
+class GraphQLFailure:
+    """What went wrong, handed to the provider's ``classify``."""
+
+    operation: str
+    status: int  # HTTP status
+    code: str  # extensions.code of the first error ("" when none)
+    message: str  # the platform's message (redacted)
+    body: Any  # parsed JSON body, or None
+
+
+#: Returns the error to raise, or ``None`` when the failure is transient and may be retried.
+Classify = Callable[[GraphQLFailure], RemoteError | None]
+
+
+def operation_name(document: str) -> str:
+    m = _OP_RE.search(document)
+    return m.group(1) if m else "graphql"
+
+
+class GraphQLClient:
+    """Posts GraphQL documents to one endpoint with one set of credentials."""
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        endpoint: str,
+        *,
+        headers: Mapping[str, str],
+        classify: Classify,
+        max_attempts: int = 6,
+        backoff_base: float = 0.25,
+        backoff_cap: float = 10.0,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._http = http
+        self.endpoint = endpoint
+        self._headers = {"Content-Type": "application/json", **headers}
+        self._classify = classify
+        self._max_attempts = max_attempts
+        self._base = backoff_base
+        self._cap = backoff_cap
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.calls: list[str] = []  # operation names in the order they were sent
+
+    def __repr__(self) -> str:
+        return f"<GraphQLClient {self.endpoint} calls={len(self.calls)}>"
+
+    async def execute(
+        self,
+        document: str,
+        variables: Mapping[str, Any] | None = None,
+        *,
+        retry: bool = True,
+    ) -> dict[str, Any]:
+        """Run one operation and return its ``data``; raise a ``RemoteError`` on failure."""
+        op = operation_name(document)
+        payload = orjson.dumps({"query": document, "variables": dict(variables or {})})
+        attempts = self._max_attempts if retry else 1
+        for attempt in range(1, attempts + 1):
+            self.calls.append(op)
+            outcome = await self._attempt(op, payload)
+            if isinstance(outcome, dict):
+                return outcome
+            if isinstance(outcome, RemoteError):
+                raise outcome
+            failure, wait = outcome
+            if attempt == attempts:
+                raise ServiceError(
+                    f"{op}: {failure.message} (gave up after {attempt} attempts)",
+                    code=failure.code,
+                )
+            delay = backoff_delay(attempt, base=self._base, cap=self._cap, rng=self._rng)
+            await self._sleep(min(wait, self._cap) if wait is not None else delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self, op: str, payload: bytes
+    ) -> dict[str, Any] | RemoteError | tuple[GraphQLFailure, float | None]:
+        """The data, a final error, or a transient failure with the server's wait hint."""
+        try:
+            async with self._http.post(self.endpoint, data=payload, headers=self._headers) as r:
+                status = r.status
+                raw = await r.read()
+                retry_after = parse_retry_after(r.headers.get("Retry-After"))
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            text = redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
+            return GraphQLFailure(op, 0, "", f"cannot reach {self.endpoint}: {text}", None), None
+        try:
+            body: Any = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        errors = body.get("errors") if isinstance(body, dict) else None
+        if status == 200 and isinstance(body, dict) and not errors:
+            data = body.get("data")
+            if isinstance(data, dict):
+                return data
+            return ServiceError(f"{op}: malformed response from {self.endpoint} (no data)")
+        code, message = "", ""
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            message = str(first.get("message", ""))
+            ext = first.get("extensions")
+            if isinstance(ext, dict):
+                code = str(ext.get("code", ""))
+        elif isinstance(body, dict) and "error" in body:
+            message = str(body["error"])
+        else:
+            lines = raw[:200].decode("utf-8", "replace").strip().splitlines()
+            message = f"HTTP {status}" + (f": {lines[0][:120]}" if lines else "")
+        failure = GraphQLFailure(op, status, code, redact(message), body)
+        if status in (0, 429) or status >= 500:
+            return failure, retry_after
+        mapped = self._classify(failure)
+        return (failure, retry_after) if mapped is None else mapped
