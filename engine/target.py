@@ -51,6 +51,11 @@ class Target(ABC):
     #: short name used in reports ("matterport", "speckle", "s3", "presigned")
     kind: str = "target"
 
+    def journal_key(self, file: FileInfo) -> str:
+        """The file's key in the journal: one per (destination, file). Override to add the
+        account, organization or project, so the same file sent elsewhere is not "done"."""
+        return f"{self.kind}:{file.key}"
+
     @abstractmethod
     async def prepare(self, ctx: TargetContext) -> PartLimits: ...
 

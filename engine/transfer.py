@@ -99,7 +99,7 @@ class Engine:
 
     async def _upload_file(self, info: FileInfo, target: Target) -> UploadResult:
         started = time.monotonic()
-        fj = self.journal.for_key(info.key)
+        fj = self.journal.for_key(target.journal_key(info))
         state = fj.begin(info, on_change=self.on_change)
         if state.done is not None:
             parts = tuple(state.parts[n] for n in sorted(state.parts))

@@ -1,0 +1,191 @@
+"""The ``upload-engine`` command line.
+
+Exit codes: 0 all uploaded; 1 a file failed; 2 usage error (bad arguments, bad input found
+before any upload); 130 interrupted (rerun the same command to resume).
+Credentials come from the environment only (never from arguments):
+MATTERPORT_TOKEN_ID / MATTERPORT_TOKEN_SECRET, SPECKLE_TOKEN, and the standard AWS chain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+
+from engine.client import Uploader
+from engine.config import MiB, UploadConfig
+from engine.errors import ConfigError, InputError, UploadError
+from engine.progress import Mode, ProgressView, human_bytes, human_rate
+from engine.redact import redact
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _size(text: str) -> int:
+    """``64MiB``, ``8M``, ``1GiB``, ``1048576`` -> bytes."""
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    mult = {"k": 1024, "m": MiB, "g": 1024 * MiB, "t": 1024 * 1024 * MiB}.get(t[-1:], 1)
+    number = t[:-1] if t[-1:] in "kmgt" else t
+    try:
+        value = int(float(number) * mult)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64MiB)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def state_dir_default() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "upload-engine"
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--concurrency", type=_positive, default=8, help="PUTs in flight (default 8)")
+    g.add_argument("--part-size", type=_size, default=64 * MiB, help="preferred (default 64MiB)")
+    g.add_argument("--chunk-size", type=_size, default=1 * MiB, help=argparse.SUPPRESS)
+    g.add_argument("--max-attempts", type=_positive, default=8, help="per part (default 8)")
+    g.add_argument("--stall-timeout", type=float, default=30.0, help="seconds (default 30)")
+    g.add_argument("--no-verify-etag", action="store_true", help="skip the ETag/MD5 check")
+    g.add_argument(
+        "--insecure", action="store_true", help="do not verify TLS certificates (prints a warning)"
+    )
+    g.add_argument("--json", action="store_true", help="NDJSON events and a JSON result on stdout")
+    g.add_argument(
+        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help=argparse.SUPPRESS
+    )
+
+
+def engine_config(args: argparse.Namespace) -> UploadConfig:
+    return UploadConfig(
+        concurrency=args.concurrency,
+        part_size=args.part_size,
+        chunk_size=args.chunk_size,
+        max_attempts=args.max_attempts,
+        stall_timeout=args.stall_timeout,
+        verify_etag=not args.no_verify_etag,
+        verify_tls=not args.insecure,
+    )
+
+
+def view_mode(args: argparse.Namespace) -> Mode:
+    if args.json:
+        return "json"
+    return "tty" if sys.stderr.isatty() else "log"
+
+
+@dataclass
+class Outcome:
+    """What a command reports at the end: a human line and a JSON object."""
+
+    line: str
+    record: dict[str, Any] = field(default_factory=dict)
+    failed: bool = False
+
+
+Runner = Callable[[argparse.Namespace], Awaitable[Outcome]]
+
+
+def md5_of(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def summary_line(what: str, size: int, seconds: float) -> str:
+    rate = size / seconds if seconds > 0 else 0.0
+    return f"{what}: {human_bytes(size)} in {seconds:.2f} s ({human_rate(rate)})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine import commands
+
+    parser = argparse.ArgumentParser(
+        prog="upload-engine",
+        description="Concurrent, resumable uploads of large scan files (E57, IFC).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.register(sub)
+    return parser
+
+
+def _run_async(runner: Runner, args: argparse.Namespace) -> Outcome:
+    loop = getattr(args, "loop", "auto")
+    use_uvloop = loop == "uvloop"
+    if use_uvloop:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            use_uvloop = False
+    return anyio.run(runner, args, backend_options={"use_uvloop": use_uvloop})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "insecure", False):
+        print("warning: TLS certificate verification is OFF (--insecure)", file=sys.stderr)
+    started = time.monotonic()
+    try:
+        outcome = _run_async(args.runner, args)
+    except KeyboardInterrupt:
+        print(
+            "interrupted: parts stored so far are kept; rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except ConfigError as exc:
+        print(f"upload-engine: error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except InputError as exc:
+        print(f"upload-engine: error: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except UploadError as exc:
+        print(f"upload-engine: failed: {redact(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    if getattr(args, "json", False):
+        record = {"ok": not outcome.failed, **outcome.record}
+        record.setdefault("seconds", round(time.monotonic() - started, 3))
+        sys.stdout.write(redact(orjson.dumps(record, default=str).decode()) + "\n")
+    elif outcome.line:
+        print(redact(outcome.line))
+    return EXIT_FAILED if outcome.failed else EXIT_OK
+
+
+@contextlib.contextmanager
+def progress_for(args: argparse.Namespace, *, files: int, total: int) -> Iterator[ProgressView]:
+    with ProgressView(view_mode(args), total_files=files, total_bytes=total) as view:
+        yield view
+
+
+def uploader_for(args: argparse.Namespace, view: ProgressView, *, journal: Path | None) -> Uploader:
+    return Uploader(engine_config(args), on_event=view, journal=journal)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

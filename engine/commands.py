@@ -1,0 +1,281 @@
+"""The subcommands: ``upload``, ``demo`` and ``sandbox serve`` (``import`` lives in ``bulk``).
+
+Each subcommand is an async runner returning an ``Outcome``; ``engine.cli.main`` owns exit
+codes, the event loop and the last line printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from engine.cli import (
+    Outcome,
+    add_engine_options,
+    engine_config,
+    md5_of,
+    progress_for,
+    state_dir_default,
+    summary_line,
+)
+from engine.client import Uploader
+from engine.config import MiB
+from engine.errors import ConfigError, RemoteError
+from engine.models import FileInfo, PartLimits, PartResult, UploadResult
+from engine.progress import ProgressView, human_bytes, human_rate
+from engine.target import PresignedMultipart
+
+__all__ = ["register"]
+
+DESTINATIONS = (
+    "sandbox | sandbox-matterport | sandbox-speckle | matterport | speckle | s3://BUCKET/KEY"
+)
+
+
+def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
+    up = sub.add_parser(
+        "upload",
+        help="upload files to one destination",
+        description="Upload files. Destinations: " + DESTINATIONS,
+    )
+    up.add_argument("files", nargs="+", metavar="FILE")
+    up.add_argument("--to", required=True, metavar="DEST", help=DESTINATIONS)
+    mp = up.add_argument_group("matterport")
+    mp.add_argument("--organization", help="Matterport organization id")
+    mp.add_argument("--name", help="model name (default: the first file's name)")
+    mp.add_argument("--description", help="model description")
+    mp.add_argument("--endpoint", help="Matterport Import API endpoint URL")
+    sp = up.add_argument_group("speckle")
+    sp.add_argument("--project", help="Speckle project id")
+    sp.add_argument("--model", help="model name (created when missing; default: the file's stem)")
+    sp.add_argument("--model-id", help="existing model id")
+    sp.add_argument("--server", help="Speckle server URL")
+    s3 = up.add_argument_group("s3")
+    s3.add_argument("--endpoint-url", help="S3-compatible endpoint (path-style addressing)")
+    s3.add_argument("--region", help="AWS region")
+    s3.add_argument("--profile", help="AWS profile")
+    sb = up.add_argument_group("sandbox (in-process, for --to sandbox*)")
+    sb.add_argument(
+        "--sandbox-faults", default="", metavar="SPEC", help='e.g. "503=0.05,reset=0.02"'
+    )
+    sb.add_argument("--sandbox-dir", type=Path, help="keep the sandbox's bytes here")
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="resume journal (default ~/.local/state/upload-engine)",
+    )
+    add_engine_options(up)
+    up.set_defaults(runner=run_upload)
+
+    demo = sub.add_parser("demo", help="upload a generated E57 scan into the in-process sandbox")
+    demo.add_argument("--size", type=int, default=256, help="MiB of the sample scan (default 256)")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(".demo"),
+        help="where the sample and the sandbox's bytes go",
+    )
+    demo.add_argument("--faults", default="503=0.04,reset=0.02,throttle=0.02", help="fault spec")
+    add_engine_options(demo)
+    demo.set_defaults(runner=run_demo, part_size=16 * MiB)
+
+    sand = sub.add_parser("sandbox", help="the local sandbox of both platforms and blob storage")
+    sand_sub = sand.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")
+    serve = sand_sub.add_parser("serve", help="run the sandbox until Ctrl-C")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8700)
+    serve.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory")
+    serve.add_argument("--discard", action="store_true", help="hash and count bytes, store nothing")
+    serve.add_argument("--faults", default="", help='e.g. "503=0.05,reset=0.02,throttle=0.05"')
+    serve.add_argument("--seed", type=int, default=0)
+    serve.set_defaults(runner=run_sandbox_serve)
+
+
+# ----------------------------------------------------------------------------------------------
+# The in-process sandbox
+
+
+def fault_plan(spec: str, seed: int = 0) -> Any:
+    from engine.sandbox.faults import FaultPlan
+
+    try:
+        return FaultPlan.from_spec(spec, seed=seed)
+    except ValueError as exc:
+        raise ConfigError(f"bad fault spec {spec!r}: {exc}") from None
+
+
+@asynccontextmanager
+async def sandbox(data_dir: Path | None, faults: str = "", **planes: Any) -> AsyncIterator[Any]:
+    """An in-process sandbox with both control planes."""
+    from engine.sandbox.server import Sandbox, SandboxConfig
+
+    config = SandboxConfig(data_dir=data_dir, faults=fault_plan(faults), **planes)
+    async with Sandbox(config) as sb:
+        yield sb
+
+
+def sandbox_target(sb: Any, info: FileInfo) -> PresignedMultipart:
+    """A plain presigned multipart upload into the sandbox's blob store."""
+    from engine.sandbox.blobstore import BlobError
+
+    key = f"uploads/{info.path.name}"
+    upload_id = sb.store.create_multipart(key)
+
+    def complete(parts: Sequence[PartResult]) -> Mapping[str, str]:
+        try:
+            obj = sb.store.complete_multipart(key, upload_id, [(p.number, p.etag) for p in parts])
+        except BlobError as exc:
+            raise RemoteError(f"complete {key}: {exc.code}: {exc.message}", code=exc.code) from None
+        return {"key": obj.key, "etag": obj.etag, "md5": obj.md5}
+
+    return PresignedMultipart(
+        lambda n: sb.store.presign_part(key, upload_id, n),
+        complete,
+        limits=PartLimits(min_size=sb.config.min_part_size, max_size=sb.config.max_part_size),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# upload
+
+
+async def run_upload(args: argparse.Namespace) -> Outcome:
+    infos = [FileInfo.of(p) for p in args.files]
+    total = sum(i.size for i in infos)
+    to: str = args.to
+    journal_dir = args.state_dir or state_dir_default()
+    with progress_for(args, files=len(infos), total=total) as view:
+        if to == "sandbox":
+            return await _upload_sandbox(args, infos, view)
+        if to in ("matterport", "sandbox-matterport"):
+            from engine.providers.matterport_cli import upload_matterport
+
+            return await upload_matterport(args, infos, view, journal_dir)
+        if to in ("speckle", "sandbox-speckle"):
+            from engine.providers.speckle_cli import upload_speckle
+
+            return await upload_speckle(args, infos, view, journal_dir)
+        if to.startswith("s3://"):
+            from engine.providers.s3_cli import upload_s3
+
+            return await upload_s3(args, infos, view, journal_dir)
+    raise ConfigError(f"unknown destination {to!r}; use one of: {DESTINATIONS}")
+
+
+async def _upload_sandbox(
+    args: argparse.Namespace, infos: list[FileInfo], view: ProgressView
+) -> Outcome:
+    started = time.monotonic()
+    results: list[UploadResult] = []
+    async with (
+        sandbox(args.sandbox_dir, args.sandbox_faults) as sb,
+        Uploader(engine_config(args), on_event=view) as up,
+    ):
+        for info in infos:
+            results.append(await up.upload(info.path, sandbox_target(sb, info)))
+    seconds = time.monotonic() - started
+    size = sum(r.size for r in results)
+    where = str(args.sandbox_dir) if args.sandbox_dir else "a temporary sandbox (removed on exit)"
+    return Outcome(
+        summary_line(f"uploaded {len(results)} file(s) to {where}", size, seconds),
+        {
+            "destination": "sandbox",
+            "files": [
+                {"path": str(r.path), "bytes": r.size, "parts": len(r.parts), **r.remote}
+                for r in results
+            ],
+            "bytes": size,
+            "seconds": round(seconds, 3),
+            "throughput": size / seconds if seconds else 0.0,
+        },
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# demo
+
+
+async def run_demo(args: argparse.Namespace) -> Outcome:
+    from engine.providers.matterport import Matterport, MatterportCredentials
+    from engine.sandbox.e57 import write_sample_e57
+    from engine.sandbox.matterport import MatterportSandboxConfig
+
+    base: Path = args.dir
+    await anyio.Path(base).mkdir(parents=True, exist_ok=True)
+    sample = base / "sample-scan.e57"
+    size = args.size * MiB
+    say = ProgressView("log", total_files=0, total_bytes=0)
+    if not sample.exists() or sample.stat().st_size != size:
+        say.print(f"generating {sample} ({human_bytes(size)}, a valid E57 with random points)")
+        await anyio.to_thread.run_sync(write_sample_e57, sample, size)
+    source_md5 = await anyio.to_thread.run_sync(md5_of, sample)
+    info = FileInfo.of(sample)
+    mp_config = MatterportSandboxConfig()
+    creds = MatterportCredentials(mp_config.token_id, mp_config.token_secret)
+    org = sorted(mp_config.organizations)[0]
+    say.print(f"starting the sandbox (faults: {args.faults or 'none'})")
+    with progress_for(args, files=1, total=info.size) as view:
+        async with sandbox(base / "sandbox", args.faults, matterport=mp_config) as sb:
+            started = time.monotonic()
+            async with Uploader(engine_config(args), on_event=view) as up:
+                result = await Matterport(
+                    creds, endpoint=f"{sb.url}/api/import/graph", poll_interval=0.1
+                ).import_files(up, [sample], organization=org, name="upload-engine demo")
+            seconds = time.monotonic() - started
+            stored = sb.planes[0].file_md5s()  # assembled MD5 of each file, by name
+    stored_md5 = next(iter(stored.values()), "")
+    ok = stored_md5 == source_md5
+    retries = sum(f.retries for f in result.files)
+    lines = [
+        f"sample scan:  {sample} ({human_bytes(info.size)}, MD5 {source_md5})",
+        f"destination:  Matterport Import API of the in-process sandbox at {sb.url}",
+        f"              session {result.session_id} -> model {result.model_id}",
+        f"bytes stored: {base / 'sandbox'} (the sandbox's data directory)",
+        f"throughput:   {human_bytes(info.size)} in {seconds:.2f} s = "
+        f"{human_rate(info.size / seconds)} ({len(result.files[0].parts)} parts, "
+        f"concurrency {args.concurrency}, {retries} retries survived)",
+        f"MD5 checked:  sandbox {stored_md5} {'==' if ok else '!='} source {source_md5}"
+        + ("  OK" if ok else "  MISMATCH"),
+    ]
+    return Outcome(
+        "\n".join(lines),
+        {
+            "session_id": result.session_id,
+            "model_id": result.model_id,
+            "bytes": info.size,
+            "seconds": round(seconds, 3),
+            "throughput": info.size / seconds,
+            "md5": source_md5,
+            "md5_ok": ok,
+            "retries": retries,
+        },
+        failed=not ok,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# sandbox serve
+
+
+async def run_sandbox_serve(args: argparse.Namespace) -> Outcome:
+    from engine.sandbox.server import SandboxConfig, serve
+
+    config = SandboxConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        discard=args.discard,
+        faults=fault_plan(args.faults, args.seed),
+    )
+    try:
+        await serve(config)
+    except OSError as exc:
+        raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror}") from None
+    return Outcome("")
