@@ -4,6 +4,7 @@
 
     UploadError                      any failure of the engine, one per failed file
     ├── ConfigError                  invalid configuration or arguments (a usage error)
+    ├── InterruptedUpload            stopped on request before it finished (resumable)
     ├── InputError                   the local file cannot be uploaded as it is
     │   ├── SourceError              missing, unreadable, not a regular file
     │   ├── SourceChangedError       size or mtime changed since planning / during upload
@@ -35,6 +36,7 @@ __all__ = [
     "ConflictError",
     "FormatError",
     "InputError",
+    "InterruptedUpload",
     "InvalidRequestError",
     "NotFoundError",
     "PartRejectedError",
@@ -58,6 +60,10 @@ class UploadError(Exception):
 
 class ConfigError(UploadError, ValueError):
     """Invalid configuration or arguments."""
+
+
+class InterruptedUpload(UploadError):
+    """The upload was asked to stop (Ctrl-C) and stopped cleanly; a rerun resumes it."""
 
 
 class InputError(UploadError):

@@ -25,7 +25,7 @@ import aiohttp
 import anyio
 
 from engine.config import UploadConfig
-from engine.errors import PartRejectedError, RetriesExhaustedError, UploadError
+from engine.errors import InterruptedUpload, PartRejectedError, RetriesExhaustedError, UploadError
 from engine.events import (
     BytesSent,
     EventHook,
@@ -34,6 +34,7 @@ from engine.events import (
     FileStarted,
     PartDone,
     PartRetry,
+    Phase,
 )
 from engine.journal import Journal
 from engine.models import FileInfo, PartResult, PartSpec, UploadResult
@@ -82,6 +83,12 @@ class Engine:
         self.rng = rng or random.Random()
         self.on_change = on_change
         self.limiter = anyio.CapacityLimiter(config.concurrency)
+        self.draining = False
+
+    def drain(self) -> None:
+        """Start no new part and no retry; parts in flight finish. Files with parts left
+        fail with ``InterruptedUpload`` (their journal lets a rerun resume them)."""
+        self.draining = True
 
     def __repr__(self) -> str:
         return (
@@ -99,8 +106,13 @@ class Engine:
 
     async def _upload_file(self, info: FileInfo, target: Target) -> UploadResult:
         started = time.monotonic()
+        if self.draining:
+            raise InterruptedUpload(f"{info.path}: not started (stopping)")
         fj = self.journal.for_key(target.journal_key(info))
+        known = fj.state.fingerprint
         state = fj.begin(info, on_change=self.on_change)
+        if known and known != info.fingerprint:
+            self.emit(Phase(info.path, "changed since the last run: uploading it from the start"))
         if state.done is not None:
             parts = tuple(state.parts[n] for n in sorted(state.parts))
             result = UploadResult(info.path, info.size, parts, 0.0, 0, 0, dict(state.done))
@@ -144,7 +156,7 @@ class Engine:
         failures: list[Exception] = []
 
         async def worker(scope: anyio.CancelScope) -> None:
-            while queue and not failures:
+            while queue and not failures and not self.draining:
                 part = queue.popleft()
                 try:
                     run.results[part.number] = await self._send_part(run, target, part)
@@ -158,6 +170,10 @@ class Engine:
                 tg.start_soon(worker, tg.cancel_scope)
         if failures:
             raise failures[0]
+        if queue:
+            raise InterruptedUpload(
+                f"{run.info.path}: stopped with {len(queue)} of {len(todo)} parts left to send"
+            )
 
     async def _send_part(self, run: _FileRun, target: Target, part: PartSpec) -> PartResult:
         cfg = self.config
@@ -205,6 +221,10 @@ class Engine:
                 raise PartRejectedError(
                     f"part {part.number} refused by storage: {verdict.reason}",
                     part_number=part.number,
+                ) from cause
+            if self.draining:
+                raise InterruptedUpload(
+                    f"part {part.number}: not retried (stopping); last: {verdict.reason}"
                 ) from cause
             if attempt >= cfg.max_attempts:
                 raise RetriesExhaustedError(

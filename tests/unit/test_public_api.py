@@ -6,7 +6,7 @@ import engine
 
 EXPECTED = {
     "AuthenticationError", "BytesSent", "ConfigError", "ConflictError", "Event", "EventHook",
-    "FileFailed", "FileFinished", "FileInfo", "FileStarted", "FormatError", "GiB", "InputError",
+    "FileFailed", "FileFinished", "FileInfo", "FileStarted", "FormatError", "GiB", "InputError", "InterruptedUpload",
     "InvalidRequestError", "KiB", "MiB", "NotFoundError", "PartDone", "PartLimits",
     "PartRejectedError", "PartRequest", "PartResult", "PartRetry", "PartSpec",
     "PermissionDeniedError", "Phase", "PresignedMultipart", "ProcessingError",
