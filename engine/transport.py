@@ -1,8 +1,17 @@
 """One PUT of one byte range: the data path, and the one place aiohttp errors are translated.
 
 Rules:
-- the body is streamed: ``chunk_size`` bytes are read (in a worker thread, hashed on the way)
-  and written at a time; the part is never held whole, so memory per PUT is about two chunks;
+- the body is streamed, never held whole. Two ways, chosen per connection:
+  * zero-copy: for a body of at least ``_ZERO_COPY_MIN`` bytes on a plain-TCP connection of
+    a loop that implements ``loop.sendfile`` (the stock asyncio loop; not uvloop, not TLS)
+    the range goes from the page cache to the socket
+    with ``sendfile(2)`` in slices of ``_SENDFILE_SLICE`` bytes, while a worker thread hashes
+    the same range (MD5) from the page cache through one reused buffer; both must finish;
+  * copy: otherwise ``chunk_size`` bytes are read (in a worker thread, hashed on the way) and
+    written at a time; a fresh ``bytes`` per chunk, never refilled while a transport holds it;
+  memory per PUT is about two chunks either way;
+- ``md5=False`` skips hashing (the caller will not compare ETags); ``PutOutcome.md5`` is then
+  empty;
 - ``Content-Length`` is always explicit (a presigned PUT refuses chunked bodies);
 - a PUT that makes no progress (no bytes written, no response) for ``stall_timeout`` seconds
   is cancelled and reported as transient;
@@ -12,7 +21,10 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,7 +32,7 @@ import aiohttp
 import anyio
 from aiohttp.abc import AbstractStreamWriter
 
-from engine.errors import InputError
+from engine.errors import InputError, SourceChangedError, SourceError
 from engine.models import PartRequest, PartSpec
 from engine.redact import redact
 from engine.retry import Verdict, classify_response, parse_s3_error
@@ -29,6 +41,14 @@ from engine.source import read_chunk
 __all__ = ["AttemptFailed", "PutOutcome", "RangeBody", "put_range"]
 
 _MAX_ERROR_BODY = 64 * 1024
+# sendfile(2) slice: progress (and the stall deadline) moves once per slice; ~2-4 ms of work.
+_SENDFILE_SLICE = 8 * 1024 * 1024
+# reused read buffer of the hashing thread on the zero-copy path
+_HASH_BUFFER = 1024 * 1024
+_HAS_SENDFILE = hasattr(os, "sendfile")
+# Smaller bodies take the copy path: one or two chunks, where sendfile's setup (a hashing
+# thread, pausing the transport) buys nothing. Every S3 part but a last one is >= 5 MiB.
+_ZERO_COPY_MIN = 4 * 1024 * 1024
 
 
 class AttemptFailed(Exception):
@@ -42,11 +62,46 @@ class AttemptFailed(Exception):
 @dataclass(frozen=True, slots=True)
 class PutOutcome:
     etag: str  # exactly as returned, quotes included
-    md5: str  # hex digest of the bytes sent
+    md5: str  # hex digest of the bytes sent (of the range, on the zero-copy path); "" if off
+
+
+def _zero_copy_possible(transport: asyncio.BaseTransport | None) -> bool:
+    """True when ``loop.sendfile`` can send natively on ``transport``: the stock loop, plain TCP."""
+    if not _HAS_SENDFILE or transport is None or transport.is_closing():
+        return False
+    if transport.get_extra_info("sslcontext") is not None:
+        return False
+    if transport.get_extra_info("socket") is None:
+        return False
+    return isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
+
+
+def hash_range(fd: int, offset: int, size: int, md5: hashlib._Hash, stop: list[bool]) -> None:
+    """MD5 ``size`` bytes at ``offset`` through one reused buffer. Blocking: run it in a worker
+    thread (``os.preadv`` and ``hashlib`` release the GIL). Stops early when ``stop[0]``."""
+    buf = bytearray(min(_HASH_BUFFER, max(size, 1)))
+    view = memoryview(buf)
+    while size > 0 and not stop[0]:
+        want = view[: min(len(buf), size)]
+        try:
+            n = os.preadv(fd, [want], offset)
+        except OSError as exc:
+            raise SourceError(f"read failed at offset {offset}: {exc.strerror}") from exc
+        if n <= 0:
+            raise SourceChangedError(
+                f"file is shorter than planned (nothing to read at offset {offset}); "
+                "it changed while uploading — rerun to upload the new contents"
+            )
+        md5.update(want[:n])
+        offset += n
+        size -= n
 
 
 class RangeBody(aiohttp.Payload):
-    """A request body streamed from ``[part.offset, part.end)`` of an open file."""
+    """A request body streamed from ``[part.offset, part.end)`` of an open file.
+
+    ``zero_copy`` allows the ``sendfile(2)`` path where the connection permits it;
+    ``md5=False`` skips hashing."""
 
     def __init__(
         self,
@@ -56,6 +111,8 @@ class RangeBody(aiohttp.Payload):
         chunk_size: int,
         on_progress: Callable[[int], None],
         content_type: str = "application/octet-stream",
+        md5: bool = True,
+        zero_copy: bool = True,
     ) -> None:
         super().__init__(None, content_type=content_type)
         self._fd = fd
@@ -63,8 +120,11 @@ class RangeBody(aiohttp.Payload):
         self._chunk = chunk_size
         self._on_progress = on_progress
         self._size = part.size
+        self._zero_copy = zero_copy
+        self.hashing = md5
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.sent = 0
+        self.used_sendfile = False
         self.error: BaseException | None = None  # a source failure, kept past aiohttp's wrapping
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -83,10 +143,19 @@ class RangeBody(aiohttp.Payload):
         if content_length is not None:
             remaining = min(remaining, content_length)
         try:
+            if (
+                self._zero_copy
+                and remaining >= _ZERO_COPY_MIN
+                and isinstance(writer, aiohttp.http_writer.StreamWriter)
+                and _zero_copy_possible(writer.transport)
+            ):
+                await self._write_zero_copy(writer, offset, remaining)
+                return
+            md5 = self.md5 if self.hashing else None
             while remaining > 0:
                 n = min(self._chunk, remaining)
                 # A fresh bytes object per chunk: never refilled while a transport holds it.
-                data = await anyio.to_thread.run_sync(read_chunk, self._fd, n, offset, self.md5)
+                data = await anyio.to_thread.run_sync(read_chunk, self._fd, n, offset, md5)
                 await writer.write(data)
                 offset += n
                 remaining -= n
@@ -95,6 +164,49 @@ class RangeBody(aiohttp.Payload):
         except InputError as exc:
             self.error = exc
             raise
+
+    async def _write_zero_copy(
+        self, writer: aiohttp.http_writer.StreamWriter, offset: int, size: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        stop = [False]
+        writer.send_headers()
+        transport = writer.transport
+        assert transport is not None  # checked by _zero_copy_possible
+        # A raw, unbuffered view of the shared descriptor: loop.sendfile only reads its fileno
+        # (sendfile(2) takes explicit offsets) and seeks it afterwards, which no one else uses.
+        with io.FileIO(self._fd, "rb", closefd=False) as file:
+
+            async def send() -> None:
+                pos, left = offset, size
+                while left > 0:
+                    n = min(_SENDFILE_SLICE, left)
+                    done = await loop.sendfile(transport, file, pos, n, fallback=False)
+                    if done != n:
+                        raise SourceChangedError(
+                            f"file is shorter than planned (sent {done} of {n} bytes at offset "
+                            f"{pos}); it changed while uploading — rerun to upload the new "
+                            "contents"
+                        )
+                    self.used_sendfile = True
+                    pos += n
+                    left -= n
+                    self.sent += n
+                    self._on_progress(n)
+
+            if not self.hashing:
+                await send()
+                return
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(
+                        anyio.to_thread.run_sync, hash_range, self._fd, offset, size, self.md5, stop
+                    )
+                    await send()
+            except BaseExceptionGroup as group:
+                raise group.exceptions[0] from None
+            finally:
+                stop[0] = True
 
 
 def _transport_reason(exc: BaseException) -> str:
@@ -113,10 +225,14 @@ async def put_range(
     stall_timeout: float,
     on_progress: Callable[[int], None],
     body_out: list[RangeBody] | None = None,
+    md5: bool = True,
+    zero_copy: bool = True,
 ) -> PutOutcome:
     """Send one part; return its ETag and MD5, or raise ``AttemptFailed`` / ``InputError``.
 
-    ``body_out`` receives the body so the caller can read ``sent`` after a failure."""
+    ``body_out`` receives the body so the caller can read ``sent`` after a failure.
+    ``md5=False`` skips hashing (``PutOutcome.md5`` is then ``""``); ``zero_copy=False``
+    forbids the ``sendfile(2)`` path."""
     with anyio.CancelScope(deadline=anyio.current_time() + stall_timeout) as stall:
 
         def progress(n: int) -> None:
@@ -129,7 +245,13 @@ async def put_range(
             "application/octet-stream",
         )
         body = RangeBody(
-            fd, part, chunk_size=chunk_size, on_progress=progress, content_type=content_type
+            fd,
+            part,
+            chunk_size=chunk_size,
+            on_progress=progress,
+            content_type=content_type,
+            md5=md5,
+            zero_copy=zero_copy,
         )
         if body_out is not None:
             body_out.append(body)
@@ -169,4 +291,4 @@ def _outcome(
         raise AttemptFailed(Verdict("fatal", f"HTTP {status} without an ETag header"))
     if body.sent != body.size:
         raise AttemptFailed(Verdict("transient", "body not fully sent"))
-    return PutOutcome(etag=etag, md5=body.md5.hexdigest())
+    return PutOutcome(etag=etag, md5=body.md5.hexdigest() if body.hashing else "")
