@@ -1,0 +1,1 @@
+"""Adapters from the engine to the platforms: each is a thin sequence of GraphQL calls."""

@@ -1,0 +1,613 @@
+"""The Matterport provider end to end against the in-process sandbox, over loopback.
+
+No mocks: the sandbox executes the seed's GraphQL documents against its SDL, signs and checks
+every presigned URL, stores parts on disk, assembles them, checks the result as E57 and records
+its MD5. Every successful import is checked byte for byte (the sandbox's MD5 of the assembled
+file equals the source's). Part limits are scaled down (256 KiB parts) so tests stay fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from engine import (
+    AuthenticationError,
+    ConflictError,
+    Event,
+    FormatError,
+    InterruptedUpload,
+    InvalidRequestError,
+    KiB,
+    MiB,
+    NotFoundError,
+    PartDone,
+    PartRetry,
+    PermissionDeniedError,
+    Phase,
+    ProcessingError,
+    QuotaExceededError,
+    ServiceError,
+    SourceChangedError,
+    SourceError,
+    UploadConfig,
+    Uploader,
+)
+from engine.graphql import GraphQLFailure
+from engine.providers.matterport import (
+    ADD_E57_OBJECT,
+    ADD_IMPORT_SESSION,
+    BEGIN_UPLOAD,
+    REQUEST_PART_UPLOAD,
+    Matterport,
+    MatterportCredentials,
+    MatterportResult,
+    classify,
+)
+from engine.sandbox.e57 import write_sample_e57
+from engine.sandbox.faults import FaultPlan
+from engine.sandbox.matterport import MatterportPlane, MatterportSandboxConfig
+from engine.sandbox.server import Sandbox, SandboxConfig
+
+pytestmark = pytest.mark.anyio
+
+CREDENTIALS = MatterportCredentials("sandbox-token-id", "sandbox-token-secret")
+ORG = "sandbox-org"
+PART = 256 * KiB
+
+
+async def no_wait(_: float) -> None:
+    return None
+
+
+@asynccontextmanager
+async def sandbox(
+    faults: FaultPlan | None = None, **plane: Any
+) -> AsyncIterator[tuple[Sandbox, MatterportPlane]]:
+    plane.setdefault("min_part_size", PART)
+    plane.setdefault("model_delay", 0.02)
+    config = SandboxConfig(
+        min_part_size=0,  # the plane announces and enforces the minimum
+        faults=faults or FaultPlan(),
+        matterport=MatterportSandboxConfig(**plane),
+    )
+    async with Sandbox(config) as sb:
+        (mp,) = [p for p in sb.planes if isinstance(p, MatterportPlane)]
+        yield sb, mp
+
+
+def provider(
+    sb: Sandbox,
+    credentials: MatterportCredentials = CREDENTIALS,
+    *,
+    model_deadline: float = 10.0,
+) -> Matterport:
+    return Matterport(
+        credentials,
+        endpoint=f"{sb.url}/api/import/graph",
+        poll_interval=0.01,
+        model_deadline=model_deadline,
+    )
+
+
+def uploader(
+    events: list[Event] | None = None, journal: Path | None = None, **config: Any
+) -> Uploader:
+    config.setdefault("part_size", PART)
+    config.setdefault("concurrency", 4)
+    config.setdefault("backoff_base", 0.0)
+    hook = events.append if events is not None else None
+    return Uploader(UploadConfig(**config), on_event=hook, journal=journal, sleep=no_wait)
+
+
+def sample(tmp_path: Path, name: str, size: int, seed: int) -> tuple[Path, str]:
+    path = tmp_path / name
+    return path, write_sample_e57(path, size, seed=seed)
+
+
+def assert_arrived(mp: MatterportPlane, result: MatterportResult, md5s: Sequence[str]) -> None:
+    """One model from one session, and every file byte-identical to its source."""
+    session = mp.session(result.session_id)
+    assert session.failure is None
+    assert session.model_id == result.model_id and result.model_id
+    assert [r.path.name for r in result.files] == [f.name for f in session.files.values()]
+    for (client_id, record), md5 in zip(session.files.items(), md5s, strict=True):
+        assert record.status == "COMPLETED"
+        assert mp.md5_of(result.session_id, client_id) == md5
+
+
+def puts(sb: Sandbox) -> dict[int, int]:
+    """PUT attempts by S3 part number, over every object of the run."""
+    out: dict[int, int] = {}
+    for by_part in sb.store.stats()["puts_by_part"].values():
+        for number, count in by_part.items():
+            out[int(number)] = out.get(int(number), 0) + count
+    return out
+
+
+async def settle(sb: Sandbox) -> None:
+    """Wait until every PUT the sandbox began has been answered or seen its client go (a
+    cancelled client's last requests are still being read for a moment)."""
+    with anyio.fail_after(5):
+        await anyio.sleep(0.05)
+        while True:
+            st = sb.store.stats()
+            if st["requests"] == sum(st["responses"].values()) + st["disconnects"]:
+                return
+            await anyio.sleep(0.01)
+
+
+# ---- the flow ------------------------------------------------------------------------------------
+
+
+async def test_one_file_in_three_parts_sends_the_seeds_operations_in_order(
+    tmp_path: Path,
+) -> None:
+    path, md5 = sample(tmp_path, "scan.e57", 700 * KiB, seed=1)  # 256 + 256 + 188 KiB
+    events: list[Event] = []
+    async with sandbox() as (sb, mp), uploader(events) as up:
+        result = await provider(sb).import_files(
+            up, [path], organization=ORG, name="Demo", description="three parts"
+        )
+    assert_arrived(mp, result, [md5])
+    assert result.operations == (
+        "addImportSession",
+        "AddE57Object",
+        "beginUpload",
+        "requestPartUpload",  # part 0 with the whole size: learn minSize/maxSize
+        "requestPartUpload",  # parts 0, 1, 2 (zero-based), in any order
+        "requestPartUpload",
+        "requestPartUpload",
+        "completeUpload",
+        "commitImportSession",
+        *(("importSession",) * (len(result.operations) - 9)),
+    )
+    assert result.operations[-1] == "importSession"
+    assert mp.call_log[:9] == [
+        "addImportSession",
+        "addE57Object",
+        "beginUpload",
+        *["requestPartUpload"] * 4,
+        "completeUpload",
+        "commitImportSession",
+    ]
+    session = mp.session(result.session_id)
+    assert (session.name, session.description) == ("Demo", "three parts")
+    (file,) = session.files.values()
+    assert (file.client_id, file.name, file.type, file.size) == (
+        "file1",
+        "scan.e57",
+        "application/octet-stream",
+        path.stat().st_size,
+    )
+    assert sorted(file.requested) == [0, 1, 2]  # zero-based part indexes on the wire
+    assert [p.size for p in file.parts] == [PART, PART, path.stat().st_size - 2 * PART]
+    (upload,) = result.files
+    assert [p.number for p in upload.parts] == [1, 2, 3]
+    assert upload.remote == {
+        "session_id": result.session_id,
+        "client_id": "file1",
+        "file_id": file.id,
+    }
+    assert result.bytes == path.stat().st_size and result.throughput > 0
+    phases = [e.message for e in events if isinstance(e, Phase)]
+    assert phases == [
+        f"import session {result.session_id} created",
+        "added to import session as file1",
+        "upload begun",
+        "upload completed",
+        f"import session {result.session_id} committed",
+        "waiting for the model",
+        f"model {result.model_id} ready",
+    ]
+
+
+async def test_several_files_make_one_session_and_one_model(tmp_path: Path) -> None:
+    files = [
+        sample(tmp_path, f"floor{i}.e57", size, seed=i)
+        for i, size in enumerate((300 * KiB, 900 * KiB, 5 * KiB), 1)
+    ]
+    events: list[Event] = []
+    async with sandbox() as (sb, mp), uploader(events) as up:
+        result = await provider(sb).import_files(up, [p for p, _ in files], organization=ORG)
+    assert_arrived(mp, result, [md5 for _, md5 in files])
+    assert len(mp.sessions) == 1
+    session = mp.session(result.session_id)
+    assert list(session.files) == ["file1", "file2", "file3"]
+    assert [o.client_id for o in session.objects] == ["e57-1", "e57-2", "e57-3"]
+    assert [len(r.parts) for r in result.files] == [2, 4, 1]
+    assert result.operations.count("addImportSession") == 1
+    assert result.operations.count("AddE57Object") == 3
+    assert result.operations.count("commitImportSession") == 1
+    assert result.bytes == sum(p.stat().st_size for p, _ in files)
+
+
+@pytest.mark.parametrize(
+    ("plane", "size", "part_size", "sizes", "part_requests"),
+    [
+        # S3 defaults scaled down: 5 MiB -> 256 KiB minimum, the engine's preferred part size
+        pytest.param({"min_part_size": PART}, 5 * PART + 1000, PART, [PART] * 5, 7, id="s3"),
+        # a "100 MiB minimum" scaled down: the engine's smaller preference grows to the minimum
+        pytest.param(
+            {"min_part_size": 1 * MiB}, 2 * MiB + 512 * KiB, PART, [MiB, MiB], 4, id="big-min"
+        ),
+        # the whole file as one part: minSize == maxSize == file size; part 0 is asked once
+        pytest.param({"single_part": True}, 900 * KiB, PART, [], 1, id="single"),
+        # a file above maxSize cannot be asked for whole: part 0 is asked again at part size
+        pytest.param(
+            {"min_part_size": PART, "max_part_size": 2 * PART},
+            4 * PART + 5000,
+            3 * PART,
+            [2 * PART, 2 * PART],
+            6,  # whole (refused), half (refused), a quarter, then the three parts
+            id="above-max",
+        ),
+        # the part URLs require a header that the client must send as given
+        pytest.param(
+            {"min_part_size": PART, "part_headers": (("x-amz-server-side-encryption", "AES256"),)},
+            3 * PART,
+            PART,
+            [PART, PART],
+            4,
+            id="headers",
+        ),
+    ],
+)
+async def test_part_size_regimes(
+    tmp_path: Path,
+    plane: dict[str, Any],
+    size: int,
+    part_size: int,
+    sizes: list[int],
+    part_requests: int,
+) -> None:
+    path, md5 = sample(tmp_path, "scan.e57", size, seed=5)
+    real = path.stat().st_size
+    async with sandbox(**plane) as (sb, mp), uploader(part_size=part_size) as up:
+        result = await provider(sb).import_files(up, [path], organization=ORG)
+    assert_arrived(mp, result, [md5])
+    (upload,) = result.files
+    last = real - sum(sizes)
+    assert [p.size for p in upload.parts] == [*sizes, last]
+    assert result.operations.count("requestPartUpload") == part_requests
+    assert sb.store.stats()["requests"] == len(upload.parts)
+
+
+async def test_faults_on_storage_and_control_plane_are_retried(tmp_path: Path) -> None:
+    files = [sample(tmp_path, f"f{i}.e57", 1200 * KiB, seed=10 + i) for i in range(2)]
+    faults = FaultPlan(
+        seed=11,
+        rates={
+            "500": 0.1,
+            "503": 0.05,
+            "throttle": 0.1,
+            "reset": 0.1,
+            "expired": 0.1,
+            "bad_etag": 0.1,
+        },
+        retry_after=0.01,
+    )
+    events: list[Event] = []
+    async with (
+        sandbox(faults, internal_error_rate=0.15, seed=3) as (sb, mp),
+        uploader(events, concurrency=3) as up,
+    ):
+        result = await provider(sb).import_files(up, [p for p, _ in files], organization=ORG)
+    assert_arrived(mp, result, [md5 for _, md5 in files])
+    retries = [e for e in events if isinstance(e, PartRetry)]
+    assert retries and sum(r.retries for r in result.files) == len(retries)
+    reasons = " ".join(r.reason for r in retries)
+    assert "Request has expired" in reasons  # a fresh URL was asked for
+    assert "ETag does not match" in reasons  # a wrong ETag was caught and the part re-sent
+    assert mp.stats()["injected_faults"]  # error.internal on GraphQL, retried by the client
+    assert len(result.operations) > len(mp.sessions) and len(mp.sessions) >= 1
+
+
+async def test_lost_answers_are_reconciled_not_repeated(tmp_path: Path) -> None:
+    """Each mutation takes effect but its answer is lost (error.internal after the effect); the
+    server is strict about repeats. The client recognises the state it already caused."""
+    path, md5 = sample(tmp_path, "scan.e57", 600 * KiB, seed=2)
+    lost = ("addE57Object", "beginUpload", "completeUpload", "commitImportSession")
+    async with (
+        sandbox(fail_operations=lost, fail_after_effect=True, idempotent_retries=False) as (sb, mp),
+        uploader() as up,
+    ):
+        result = await provider(sb).import_files(up, [path], organization=ORG)
+    assert_arrived(mp, result, [md5])
+    assert mp.stats()["injected_faults"] == dict.fromkeys(sorted(lost), 1)
+    assert len(mp.session(result.session_id).files) == 1
+    assert mp.errors["not.unique"] == 1 and mp.errors["request.invalid"] == 3
+
+
+# ---- resume --------------------------------------------------------------------------------------
+
+
+async def test_a_cancelled_import_resumes_the_same_session_sending_only_missing_parts(
+    tmp_path: Path,
+) -> None:
+    path, md5 = sample(tmp_path, "big.e57", 12 * PART, seed=3)
+    journal = tmp_path / "state" / "journal.jsonl"
+    async with sandbox(FaultPlan(latency=0.01)) as (sb, mp):
+        mport = provider(sb)
+        done = 0
+        with anyio.CancelScope() as scope:
+
+            def stop_midway(event: Event) -> None:
+                nonlocal done
+                if isinstance(event, PartDone):
+                    done += 1
+                    if done == 4:
+                        scope.cancel()
+
+            async with Uploader(
+                UploadConfig(part_size=PART, concurrency=3), on_event=stop_midway, journal=journal
+            ) as up:
+                await mport.import_files(up, [path], organization=ORG)
+        assert scope.cancelled_caught
+        await settle(sb)
+        (session,) = mp.sessions.values()
+        (file,) = session.files.values()
+        assert file.upload_id is not None and file.status == "STARTED"
+        held = {p.number for p in sb.store.list_parts(file.upload_id)}
+        assert 4 <= len(held) < 12
+        sb.store.reset_stats()
+        calls_before = len(mp.call_log)
+
+        async with uploader(journal=journal, concurrency=3) as up:
+            result = await mport.import_files(up, [path], organization=ORG)
+        assert result.session_id == session.id
+        assert_arrived(mp, result, [md5])
+        assert set(puts(sb)) == set(range(1, 13)) - held  # only the missing parts, once each
+        assert all(n == 1 for n in puts(sb).values())
+        second = mp.call_log[calls_before:]
+        assert second[:2] == ["importSession", "requestPartUpload"]
+        assert "importFilePartsUploadStatus" in second
+        for call in ("addImportSession", "addE57Object", "beginUpload"):
+            assert call not in second
+        assert result.files[0].bytes_sent == (12 - len(held)) * PART
+
+        # A third run finds everything done: no bytes, no mutations, the same model.
+        sb.store.reset_stats()
+        calls_before = len(mp.call_log)
+        async with uploader(journal=journal) as up:
+            again = await mport.import_files(up, [path], organization=ORG)
+        assert (again.session_id, again.model_id) == (result.session_id, result.model_id)
+        assert sb.store.stats()["requests"] == 0
+        assert mp.call_log[calls_before:] == ["importSession"]
+
+    text = journal.read_text()
+    assert session.id in text
+    assert "sandbox-token-secret" not in text and "X-Signature" not in text
+    assert "http://" not in text
+
+
+@pytest.mark.parametrize("stop_at", ["upload completed", "committed"])
+async def test_an_import_stopped_after_a_step_does_not_repeat_it(
+    tmp_path: Path, stop_at: str
+) -> None:
+    path, md5 = sample(tmp_path, "scan.e57", 600 * KiB, seed=4)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox() as (sb, mp):
+        mport = provider(sb)
+        with anyio.CancelScope() as scope:
+
+            def stop(event: Event) -> None:
+                if isinstance(event, Phase) and event.message.endswith(stop_at):
+                    scope.cancel()
+
+            async with Uploader(UploadConfig(part_size=PART), on_event=stop, journal=journal) as up:
+                await mport.import_files(up, [path], organization=ORG)
+        assert scope.cancelled_caught
+        (session,) = mp.sessions.values()
+        assert session.files["file1"].status == "COMPLETED"
+        assert session.committed == (stop_at == "committed")
+        sb.store.reset_stats()
+        calls_before = len(mp.call_log)
+        async with uploader(journal=journal) as up:
+            result = await mport.import_files(up, [path], organization=ORG)
+        assert result.session_id == session.id
+        assert_arrived(mp, result, [md5])
+        second = mp.call_log[calls_before:]
+        assert sb.store.stats()["requests"] == 0
+        assert "completeUpload" not in second and "requestPartUpload" not in second
+        assert second.count("commitImportSession") == (stop_at != "committed")
+
+
+async def test_draining_stops_the_wait_for_the_model_and_a_rerun_picks_it_up(
+    tmp_path: Path,
+) -> None:
+    path, md5 = sample(tmp_path, "scan.e57", 300 * KiB, seed=6)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox(model_delay=0.3) as (sb, mp):
+        mport = provider(sb)
+        running: list[Uploader] = []
+
+        def drain(event: Event) -> None:
+            if isinstance(event, Phase) and event.message == "waiting for the model":
+                running[0].engine.drain()
+
+        async with Uploader(UploadConfig(part_size=PART), on_event=drain, journal=journal) as up:
+            running.append(up)
+            with pytest.raises(InterruptedUpload, match="stopped while waiting for the model"):
+                await mport.import_files(up, [path], organization=ORG)
+        async with uploader(journal=journal) as up:
+            result = await mport.import_files(up, [path], organization=ORG)
+        assert_arrived(mp, result, [md5])
+        assert mp.calls["commitImportSession"] == 1
+
+
+async def test_a_changed_file_starts_a_new_session_or_is_refused(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path, "scan.e57", 300 * KiB, seed=1)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox() as (sb, mp):
+        mport = provider(sb)
+        async with uploader(journal=journal) as up:
+            first = await mport.import_files(up, [path], organization=ORG)
+        md5 = write_sample_e57(path, 300 * KiB, seed=2)  # same size, new bytes and mtime
+        refusing = Uploader(UploadConfig(part_size=PART), journal=journal, on_change="refuse")
+        async with refusing as up:
+            with pytest.raises(SourceChangedError, match=r"scan\.e57 changed since import session"):
+                await mport.import_files(up, [path], organization=ORG)
+        async with uploader(journal=journal) as up:
+            second = await mport.import_files(up, [path], organization=ORG)
+        assert second.session_id != first.session_id
+        assert_arrived(mp, second, [md5])
+
+
+# ---- errors ----------------------------------------------------------------------------------
+
+
+async def test_files_are_checked_before_any_request(tmp_path: Path) -> None:
+    good, _ = sample(tmp_path, "good.e57", 300 * KiB, seed=1)
+    bad = tmp_path / "model.e57"
+    bad.write_bytes(b"ISO-10303-21;\nHEADER;\n" + b"x" * 5000)
+    async with sandbox() as (sb, mp), uploader() as up:
+        with pytest.raises(FormatError) as err:
+            await provider(sb).import_files(up, [good, bad], organization=ORG)
+        assert str(err.value) == f"{bad}: not an E57 file (header does not read ASTM-E57)"
+        with pytest.raises(SourceError, match=r"missing\.e57: no such file"):
+            await provider(sb).import_files(up, [good, tmp_path / "missing.e57"], organization=ORG)
+        assert mp.http_requests == 0 and sb.store.stats()["requests"] == 0
+
+
+async def test_a_file_the_platform_cannot_ingest_times_out_naming_the_session(
+    tmp_path: Path,
+) -> None:
+    # The header reads ASTM-E57, so the client sends it; the platform's own check fails it and
+    # no model ever appears (the Import API has no field for the reason).
+    path, _ = sample(tmp_path, "torn.e57", 300 * KiB, seed=1)
+    with path.open("r+b") as f:
+        f.seek(100 * KiB)
+        f.write(b"\xff" * 64)  # breaks a page CRC
+    async with sandbox() as (sb, mp), uploader() as up:
+        with pytest.raises(ProcessingError) as err:
+            await provider(sb, model_deadline=0.5).import_files(up, [path], organization=ORG)
+    (session,) = mp.sessions.values()
+    assert str(err.value).startswith(f"importSession: no model for import session {session.id}")
+    assert session.failure is not None and "not a valid E57" in session.failure
+
+
+async def test_wrong_credentials(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path, "scan.e57", 300 * KiB, seed=1)
+    async with sandbox() as (sb, mp), uploader() as up:
+        wrong = MatterportCredentials("sandbox-token-id", "not-the-secret")
+        with pytest.raises(AuthenticationError) as err:
+            await provider(sb, wrong).import_files(up, [path], organization=ORG)
+    message = str(err.value)
+    assert message.startswith(
+        "addImportSession: Matterport refused the credentials: check MATTERPORT_TOKEN_ID/SECRET"
+    )
+    assert err.value.code == "request.unauthenticated"
+    assert "\n" not in message and "not-the-secret" not in message
+    assert mp.http_requests == 1  # failed fast: no retries
+
+
+async def test_an_organization_the_token_may_not_use(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path, "scan.e57", 300 * KiB, seed=1)
+    async with sandbox() as (sb, mp), uploader() as up:
+        with pytest.raises(PermissionDeniedError) as err:
+            await provider(sb).import_files(up, [path], organization="someone-else")
+    assert err.value.code == "request.unauthorized"
+    assert str(err.value) == (
+        "addImportSession: not allowed with this token: This token may not import into "
+        "organization 'someone-else' (request.unauthorized)"
+    )
+    assert mp.http_requests == 1
+
+
+async def test_quota_exceeded(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path, "scan.e57", 300 * KiB, seed=1)
+    async with sandbox(quota=0) as (sb, mp), uploader() as up:
+        with pytest.raises(QuotaExceededError) as err:
+            await provider(sb).import_files(up, [path], organization=ORG)
+    assert err.value.code == "quota.exceeded"
+    assert str(err.value).startswith("addImportSession: the account's quota is exceeded: ")
+    assert mp.http_requests == 1
+
+
+async def test_internal_errors_that_outlive_the_retries(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path, "scan.e57", 300 * KiB, seed=1)
+    async with (
+        sandbox(fail_operations=("addImportSession",) * 3) as (sb, mp),
+        uploader(max_attempts=3) as up,
+    ):
+        with pytest.raises(ServiceError) as err:
+            await provider(sb).import_files(up, [path], organization=ORG)
+    assert err.value.code == "error.internal"
+    assert str(err.value) == (
+        "addImportSession: Internal server error in addImportSession (injected) "
+        "(gave up after 3 attempts)"
+    )
+    assert mp.calls["addImportSession"] == 3
+
+
+async def test_server_side_codes_map_to_errors(tmp_path: Path) -> None:
+    """not.found, not.unique and request.invalid (state violations, schema violations), each
+    from the sandbox through the provider's classify."""
+    async with sandbox() as (sb, _mp), uploader() as up:
+        gql = provider(sb).graphql(up.engine)
+        with pytest.raises(NotFoundError) as nf:
+            await gql.execute(BEGIN_UPLOAD, {"importSessionId": "nope", "importFileId": "file1"})
+        assert str(nf.value) == "beginUpload: No import session with id 'nope' (not.found)"
+        data = await gql.execute(ADD_IMPORT_SESSION, {"organizationId": ORG, "processType": "E57"})
+        ids = {"importSessionId": data["addImportSession"]["id"], "importFileId": "file1"}
+        e57 = {"id": "e57", "file": {"clientId": "file1", "name": "a.e57", "type": "x", "size": 9}}
+        await gql.execute(ADD_E57_OBJECT, {"importSessionId": ids["importSessionId"], "e57": e57})
+        with pytest.raises(ConflictError) as nu:
+            await gql.execute(
+                ADD_E57_OBJECT, {"importSessionId": ids["importSessionId"], "e57": e57}
+            )
+        assert nu.value.code == "not.unique"
+        assert str(nu.value).startswith("AddE57Object: An E57 object with id 'e57' is already")
+        with pytest.raises(InvalidRequestError) as state:
+            await gql.execute(REQUEST_PART_UPLOAD, {**ids, "part": 0, "size": 9})
+        assert str(state.value) == (
+            "requestPartUpload: file 'file1' is PENDING: call beginUpload before "
+            "requestPartUpload (request.invalid)"
+        )
+        with pytest.raises(InvalidRequestError) as schema:
+            await gql.execute("query importSession { importSession { nope } }")
+        assert schema.value.code == "request.invalid"
+        assert str(schema.value).startswith("importSession: ")
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kind", "text"),
+    [
+        (200, "request.unauthenticated", AuthenticationError, "Matterport refused the credentials"),
+        (401, "", AuthenticationError, "check MATTERPORT_TOKEN_ID/SECRET"),
+        (403, "", AuthenticationError, "check MATTERPORT_TOKEN_ID/SECRET"),
+        (200, "request.unauthorized", PermissionDeniedError, "not allowed with this token: m"),
+        (200, "request.invalid", InvalidRequestError, "op: m (request.invalid)"),
+        (200, "not.found", NotFoundError, "op: m (not.found)"),
+        (200, "not.unique", ConflictError, "op: m (not.unique)"),
+        (200, "quota.exceeded", QuotaExceededError, "quota is exceeded: m (quota.exceeded)"),
+        (400, "", InvalidRequestError, "op: m"),
+    ],
+)
+def test_classify(status: int, code: str, kind: type[Exception], text: str) -> None:
+    error = classify(GraphQLFailure("op", status, code, "m", None))
+    assert type(error) is kind
+    assert text in str(error) and str(error).startswith("op: ")
+
+
+def test_classify_retries_internal_errors() -> None:
+    assert classify(GraphQLFailure("op", 200, "error.internal", "boom", None)) is None
+
+
+def test_credentials_from_the_environment_and_never_shown() -> None:
+    creds = MatterportCredentials.from_env(
+        {"MATTERPORT_TOKEN_ID": "id", "MATTERPORT_TOKEN_SECRET": "s3cret"}
+    )
+    assert creds.authorization == "Basic aWQ6czNjcmV0"
+    assert "s3cret" not in repr(creds) and "s3cret" not in str(creds)
+    assert "s3cret" not in repr(Matterport(creds))
+    with pytest.raises(AuthenticationError) as err:
+        MatterportCredentials.from_env({"MATTERPORT_TOKEN_ID": "id"})
+    assert "set MATTERPORT_TOKEN_ID and MATTERPORT_TOKEN_SECRET" in str(err.value)
+    assert "MATTERPORT_TOKEN_SECRET unset" in str(err.value)
