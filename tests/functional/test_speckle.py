@@ -1,0 +1,529 @@
+"""The Speckle provider against the in-process sandbox: real GraphQL and real PUTs on loopback.
+
+Every successful upload is checked against the sandbox: the MD5 of the blob it registered equals
+the source's, exactly one ingestion and one version exist, and ``startFileIngestion`` ran once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from engine import (
+    AuthenticationError,
+    Event,
+    FormatError,
+    InvalidRequestError,
+    NotFoundError,
+    PartDone,
+    PartRetry,
+    PermissionDeniedError,
+    Phase,
+    ProcessingError,
+    TooLargeError,
+    UploadConfig,
+    Uploader,
+)
+from engine.providers.speckle import (
+    START_FILE_INGESTION,
+    Speckle,
+    SpeckleCredentials,
+    SpeckleFileTarget,
+    SpeckleResult,
+)
+from engine.sandbox.e57 import write_sample_e57
+from engine.sandbox.faults import FaultPlan
+from engine.sandbox.ifc import write_sample_ifc
+from engine.sandbox.server import Sandbox, SandboxConfig
+from engine.sandbox.speckle import SpecklePlane, SpeckleSandboxConfig
+
+pytestmark = pytest.mark.anyio
+
+TOKEN = "sandbox-token"
+PROJECT = "sandbox-project"
+SIZE = 200_000
+#: The GraphQL operations of one upload into a new model (ingestion done at the first poll).
+NEW_MODEL_OPERATIONS = [
+    "ProjectModelByName",
+    "CreateModel",
+    "GenerateFileUploadUrl",
+    "StartFileIngestion",
+    "Ingestion",
+]
+CONFIG = UploadConfig(backoff_base=0.0, backoff_cap=0.0, chunk_size=64 * 1024)
+
+
+@asynccontextmanager
+async def sandbox(faults: FaultPlan | None = None, **speckle: Any) -> AsyncIterator[Sandbox]:
+    speckle.setdefault("step_delay", 0.0)
+    config = SandboxConfig(speckle=SpeckleSandboxConfig(**speckle), faults=faults or FaultPlan())
+    async with Sandbox(config) as sb:
+        yield sb
+
+
+def plane(sb: Sandbox) -> SpecklePlane:
+    return next(p for p in sb.planes if isinstance(p, SpecklePlane))
+
+
+def puts(sb: Sandbox) -> int:
+    """PUTs the blob store accepted for checking (faulted ones included)."""
+    return sum(sum(parts.values()) for parts in sb.store.stats()["puts_by_part"].values())
+
+
+def client(sb: Sandbox, token: str = TOKEN, **kw: Any) -> Speckle:
+    kw.setdefault("poll_interval", 0.01)
+    return Speckle(SpeckleCredentials(token), server=sb.url, **kw)
+
+
+def ifc(tmp_path: Path, name: str = "scan.ifc", size: int = SIZE) -> tuple[Path, str]:
+    path = tmp_path / name
+    return path, write_sample_ifc(path, size, seed=7)
+
+
+async def upload(
+    sb: Sandbox,
+    path: Path,
+    *,
+    target: SpeckleFileTarget | None = None,
+    events: list[Event] | None = None,
+    journal: Path | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    **kw: Any,
+) -> tuple[SpeckleResult, SpeckleFileTarget]:
+    target = target or client(sb).target(project_id=kw.pop("project_id", PROJECT), **kw)
+    sink = events if events is not None else []
+
+    def hook(event: Event) -> None:
+        sink.append(event)
+        if on_event is not None:
+            on_event(event)
+
+    async with Uploader(CONFIG, on_event=hook, journal=journal) as up:
+        result = await up.upload(path, target)
+    return SpeckleResult.from_upload(result), target
+
+
+def assert_ingested_once(sb: Sandbox, result: SpeckleResult, source_md5: str) -> None:
+    p = plane(sb)
+    assert p.ingested_md5[result.file_id] == source_md5
+    assert p.calls["startFileIngestion"] == 1
+    assert list(p.ingestions) == [result.ingestion_id]
+    assert list(p.versions) == [result.version_id]
+    assert p.versions[result.version_id].model_id == result.model_id
+
+
+# ---- the flow ------------------------------------------------------------------------------------
+
+
+async def test_new_model_operations_and_journal(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox(additional_header=("x-amz-meta-origin", "upload-engine")) as sb:
+        result, target = await upload(sb, path, journal=journal)
+        assert target.calls == NEW_MODEL_OPERATIONS
+        assert_ingested_once(sb, result, digest)
+        model = plane(sb).model_by_name(PROJECT, "scan")  # the file's stem
+        assert model is not None and model.id == result.model_id
+        assert puts(sb) == 1
+        assert (result.project_id, result.upload.size) == (PROJECT, SIZE)
+        assert result.throughput > 0
+    text = journal.read_text()
+    assert "X-Signature" not in text and "/blob/" not in text and TOKEN not in text
+    assert result.file_id in text and result.ingestion_id in text
+
+
+async def test_progress_is_reported_as_phases(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    events: list[Event] = []
+    async with sandbox(step_delay=0.1, processing_steps=3) as sb:
+        result, _ = await upload(sb, path, events=events, model_name="progress")
+        assert_ingested_once(sb, result, digest)
+    # Wall-clock driven (queued 0.1 s, then 3 processing steps of 0.1 s): which statuses a poll
+    # sees depends on timing, so only what holds under any load is asserted.
+    messages = [e.message for e in events if isinstance(e, Phase)]
+    statuses = [m for m in messages if m.startswith("ingestion ")]
+    assert statuses[-1] == "ingestion success" and len(statuses) >= 2
+    assert all(
+        m.startswith(("ingestion queued: ", "ingestion processing: ")) for m in statuses[:-1]
+    )
+    progress = [e.progress for e in events if isinstance(e, Phase) and e.progress is not None]
+    assert progress == sorted(progress) and all(0 < p < 1 for p in progress)
+    assert len(messages) == len(set(messages))  # one event per change, not one per poll
+
+
+@pytest.mark.parametrize("name", ["main", "MAIN"])
+async def test_existing_model_by_name(tmp_path: Path, name: str) -> None:
+    path, digest = ifc(tmp_path)
+    async with sandbox() as sb:
+        main = plane(sb).model_by_name(PROJECT, "main")
+        assert main is not None
+        result, target = await upload(sb, path, model_name=name)
+        assert result.model_id == main.id
+        assert target.calls == [
+            "ProjectModelByName",
+            "GenerateFileUploadUrl",
+            "StartFileIngestion",
+            "Ingestion",
+        ]
+        assert plane(sb).calls["modelMutations.create"] == 0
+        assert_ingested_once(sb, result, digest)
+
+
+async def test_existing_model_by_id(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    async with sandbox(initial_models=("main", "site/scans")) as sb:
+        model = plane(sb).model_by_name(PROJECT, "site/scans")
+        assert model is not None
+        result, target = await upload(sb, path, model_id=model.id)
+        assert result.model_id == model.id
+        assert target.calls[0] == "ProjectModel"
+        assert "CreateModel" not in target.calls
+        assert_ingested_once(sb, result, digest)
+
+
+async def test_e57_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "cloud.e57"
+    digest = write_sample_e57(path, 256 * 1024, seed=3)
+    async with sandbox() as sb:
+        result, _ = await upload(sb, path)
+        assert_ingested_once(sb, result, digest)
+
+
+async def test_upload_via_speckle_upload(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    async with sandbox() as sb:
+        async with Uploader(CONFIG) as up:
+            result = await client(sb).upload(up, path, project_id=PROJECT, model_name="api")
+        assert_ingested_once(sb, result, digest)
+        assert result.seconds >= result.upload.seconds > 0
+
+
+# ---- the data path -------------------------------------------------------------------------------
+
+
+async def test_put_faults_are_retried(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    faults = FaultPlan(rates={"503": 0.5, "reset": 0.5}, max_faulty_attempts=2)
+    events: list[Event] = []
+    async with sandbox(faults=faults) as sb:
+        result, target = await upload(sb, path, events=events)
+        assert_ingested_once(sb, result, digest)
+        assert puts(sb) == 3
+        assert target.calls.count("GenerateFileUploadUrl") == 1  # same URL for every attempt
+    retries = [e for e in events if isinstance(e, PartRetry)]
+    assert [r.attempt for r in retries] == [1, 2]
+    assert result.upload.retries == 2
+
+
+async def test_expired_url_gets_a_fresh_one(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    async with sandbox(faults=FaultPlan(rates={"expired": 1.0}, max_faulty_attempts=1)) as sb:
+
+        def heal(event: Event) -> None:
+            if isinstance(event, PartRetry):
+                sb.store.faults = FaultPlan()
+
+        events: list[Event] = []
+        result, target = await upload(sb, path, events=events, on_event=heal)
+        assert [r.reason for r in events if isinstance(r, PartRetry)] == [
+            "HTTP 403 AccessDenied: Request has expired"
+        ]
+        assert target.calls.count("GenerateFileUploadUrl") == 2
+        first, second = plane(sb).blobs  # the first fileId is abandoned, the second ingested
+        assert result.file_id == second != first
+        assert_ingested_once(sb, result, digest)
+
+
+async def test_additional_header_is_required_and_sent(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox(additional_header=("x-ms-blob-type", "BlockBlob")) as sb:
+        target = client(sb).target(project_id=PROJECT)
+        async with Uploader(CONFIG) as up:
+            info = await up.upload(path, target)
+        assert SpeckleResult.from_upload(info).version_id
+        assert sb.store.stats()["errors"] == {}  # no SignatureDoesNotMatch: the header went out
+
+
+# ---- GraphQL throttling and the completion rule --------------------------------------------------
+
+
+@pytest.mark.parametrize("every", [2, 4])
+async def test_rate_limits_are_survived(tmp_path: Path, every: int) -> None:
+    path, digest = ifc(tmp_path)
+    async with sandbox(rate_limit_every=every, retry_after=0.01) as sb:
+        result, target = await upload(sb, path)
+        assert_ingested_once(sb, result, digest)
+        assert plane(sb).stats()["rate_limited"] >= 1
+        if every == 4:
+            # The 4th request (startFileIngestion) was throttled: its outcome counts as unknown,
+            # so the ingestion is looked for before the call is sent again.
+            assert target.calls == [
+                "ProjectModelByName",
+                "CreateModel",
+                "GenerateFileUploadUrl",
+                "StartFileIngestion",
+                "ModelIngestionHistory",
+                "StartFileIngestion",
+                "Ingestion",
+            ]
+
+
+async def test_crash_between_put_and_completion_resumes_without_put(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox() as sb:
+        with anyio.CancelScope() as scope:
+
+            def crash(event: Event) -> None:
+                if isinstance(event, PartDone):
+                    scope.cancel()
+
+            await upload(sb, path, journal=journal, on_event=crash)
+        assert scope.cancelled_caught
+        assert puts(sb) == 1
+        assert plane(sb).calls["startFileIngestion"] == 0
+
+        result, target = await upload(sb, path, journal=journal)
+        assert puts(sb) == 1  # nothing sent again
+        assert target.calls == ["ProjectModelByName", "StartFileIngestion", "Ingestion"]
+        assert result.upload.bytes_sent == 0
+        assert_ingested_once(sb, result, digest)
+
+        # A finished file is not touched again.
+        again, target = await upload(sb, path, journal=journal)
+        assert target.calls == []
+        assert dataclasses.replace(again, upload=result.upload, seconds=0) == dataclasses.replace(
+            result, seconds=0
+        )
+        assert plane(sb).calls["startFileIngestion"] == 1
+
+
+async def test_crash_while_polling_never_starts_twice(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox(step_delay=0.2, processing_steps=1) as sb:
+        with anyio.CancelScope() as scope:
+
+            def crash(event: Event) -> None:  # at the first status seen (queued)
+                if isinstance(event, Phase) and event.message.startswith("ingestion "):
+                    scope.cancel()
+
+            await upload(sb, path, journal=journal, on_event=crash)
+        assert scope.cancelled_caught
+        assert plane(sb).calls["startFileIngestion"] == 1
+
+        result, target = await upload(sb, path, journal=journal)
+        assert set(target.calls) == {"Ingestion"}
+        assert puts(sb) == 1
+        assert_ingested_once(sb, result, digest)
+
+
+class _AnswerLost(SpeckleFileTarget):
+    """startFileIngestion reaches the server, then the process dies before it hears back."""
+
+    async def _send_start(self, ctx: Any, etag: str) -> str:
+        await self._client(ctx).execute(
+            START_FILE_INGESTION, self._start_variables(etag), retry=False
+        )
+        raise KeyboardInterrupt
+
+
+async def test_lost_answer_is_found_not_duplicated(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox() as sb:
+        lossy = _AnswerLost(client(sb), project_id=PROJECT)
+        with pytest.raises(KeyboardInterrupt):
+            await upload(sb, path, journal=journal, target=lossy)
+        assert plane(sb).calls["startFileIngestion"] == 1
+        (ingestion_id,) = plane(sb).ingestions
+
+        result, target = await upload(sb, path, journal=journal)
+        assert result.ingestion_id == ingestion_id
+        assert puts(sb) == 1
+        # The sandbox's schema has no Model.ingestionHistory, so the exact lookup is refused
+        # (GRAPHQL_VALIDATION_FAILED); the call is sent once more, refused as already registered,
+        # and the model's latest ingestion since the journaled request is ours.
+        assert target.calls == [
+            "ModelIngestionHistory",
+            "StartFileIngestion",
+            "ModelLatestIngestion",
+            "Ingestion",
+        ]
+        p = plane(sb)
+        assert p.calls["startFileIngestion"] == 2
+        assert len(p.ingestions) == len(p.versions) == 1
+        assert p.ingested_md5[result.file_id] == digest
+
+
+# ---- terminal ingestion statuses -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        ("failed", "failed to process"),
+        ("cancelled", "cancelled"),
+        ("timeout", "timed out"),
+        ("invalidInput", "input is invalid"),
+    ],
+)
+async def test_terminal_status_is_a_processing_error(
+    tmp_path: Path, status: str, reason: str
+) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox(force_status=status) as sb:
+        with pytest.raises(ProcessingError) as err:
+            await upload(sb, path)
+        assert err.value.code == status
+        assert f"ended {status}: " in str(err.value) and reason in str(err.value)
+        assert "\n" not in str(err.value)
+        assert plane(sb).calls["startFileIngestion"] == 1
+        assert not plane(sb).versions
+
+
+async def test_failed_ingestion_reruns_from_the_start(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox(force_status="failed") as sb:
+        with pytest.raises(ProcessingError):
+            await upload(sb, path, journal=journal)
+        p = plane(sb)
+        p.config = dataclasses.replace(p.config, force_status=None)
+        result, target = await upload(sb, path, journal=journal)
+        assert "GenerateFileUploadUrl" in target.calls  # the spent blob is not reused
+        assert puts(sb) == 2
+        assert p.calls["startFileIngestion"] == 2
+        assert p.ingested_md5[result.file_id] == digest
+        assert list(p.versions) == [result.version_id]
+
+
+async def test_ingestion_deadline(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox(step_delay=10.0) as sb:
+        target = client(sb, ingestion_deadline=0.05).target(project_id=PROJECT)
+        with pytest.raises(ProcessingError, match=r"still queued after 0\.05 s"):
+            await upload(sb, path, target=target)
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+async def _refused(sb: Sandbox, path: Path, **kw: Any) -> Exception:
+    token = kw.pop("token", TOKEN)
+    target = client(sb, token).target(project_id=kw.pop("project_id", PROJECT), **kw)
+    with pytest.raises(Exception) as err:
+        await upload(sb, path, target=target)
+    message = str(err.value)
+    assert "\n" not in message and token not in message
+    return err.value
+
+
+async def test_bad_token(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox() as sb:
+        err = await _refused(sb, path, token="not-the-token")
+        assert isinstance(err, AuthenticationError)
+        assert "SPECKLE_TOKEN is not valid" in str(err)
+        assert plane(sb).stats()["unauthenticated"] == 1  # not retried
+        assert puts(sb) == 0
+
+
+async def test_forbidden_project(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox(projects={PROJECT, "theirs"}) as sb:
+        err = await _refused(sb, path, project_id="theirs")
+        assert isinstance(err, PermissionDeniedError) and err.code == "FORBIDDEN"
+        assert "ProjectModelByName" in str(err)
+
+
+async def test_unknown_project(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox() as sb:
+        err = await _refused(sb, path, project_id="nope")
+        assert isinstance(err, NotFoundError) and err.code == "STREAM_NOT_FOUND"
+        assert "project not found" in str(err)
+
+
+async def test_unknown_model_id(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox() as sb:
+        err = await _refused(sb, path, model_id="0123456789")
+        assert isinstance(err, NotFoundError) and err.code == "MODEL_NOT_FOUND"
+        assert plane(sb).calls["generateUploadUrl"] == 0 and puts(sb) == 0
+
+
+async def test_user_input_error(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox(size_limit=SIZE // 2) as sb:  # the server's limit, below the file
+        err = await _refused(sb, path)
+        assert isinstance(err, InvalidRequestError) and err.code == "USER_INPUT_ERROR"
+        assert str(err).startswith("StartFileIngestion: request rejected: File size exceeds")
+        assert plane(sb).calls["startFileIngestion"] == 1  # not retried, not recovered
+
+
+async def test_invalid_model_name(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    async with sandbox() as sb:
+        err = await _refused(sb, path, model_name="#scans")
+        assert isinstance(err, InvalidRequestError) and err.code == "BRANCH_NAME_ERROR"
+
+
+# ---- refused before any request ------------------------------------------------------------------
+
+
+def _sparse(path: Path, size: int, head: bytes) -> Path:
+    with path.open("wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "head", "size", "limit", "error", "words"),
+    [
+        ("big.ifc", b"ISO-10303-21;\n", 5 * 1024**3 + 1, None, TooLargeError, "5 GiB"),
+        ("scan.ifc", b"ISO-10303-21;\n", SIZE, SIZE - 1, TooLargeError, f"{SIZE - 1} bytes"),
+        ("scan.ifc", b"solid cube\n", SIZE, None, FormatError, "not an IFC file"),
+        ("cloud.e57", b"ISO-10303-21;\n", SIZE, None, FormatError, "not an E57 file"),
+        ("mesh.obj", b"v 0 0 0\n", SIZE, None, FormatError, ".obj"),
+        ("empty.ifc", b"", 0, None, FormatError, "not an IFC file"),
+    ],
+)
+async def test_refused_before_any_request(
+    tmp_path: Path,
+    name: str,
+    head: bytes,
+    size: int,
+    limit: int | None,
+    error: type[Exception],
+    words: str,
+) -> None:
+    path = _sparse(tmp_path / name, size, head)
+    async with sandbox() as sb:
+        target = client(sb, size_limit=limit).target(project_id=PROJECT)
+        with pytest.raises(error, match=re.escape(words)):
+            await upload(sb, path, target=target)
+        assert plane(sb).stats()["requests"] == 0
+        assert sb.store.stats()["requests"] == 0
+
+
+# ---- credentials ---------------------------------------------------------------------------------
+
+
+def test_credentials() -> None:
+    creds = SpeckleCredentials.from_env({"SPECKLE_TOKEN": " secret-token\n"})
+    assert creds.token == "secret-token"
+    assert "secret" not in repr(creds) and "secret" not in repr(Speckle(creds))
+    for env in ({}, {"SPECKLE_TOKEN": "  "}):
+        with pytest.raises(AuthenticationError, match="SPECKLE_TOKEN is not set"):
+            SpeckleCredentials.from_env(env)
+    with pytest.raises(AuthenticationError, match="whitespace"):
+        SpeckleCredentials("two words")
