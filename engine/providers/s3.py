@@ -1,0 +1,289 @@
+"""Plain S3 buckets (AWS or any S3-compatible store) as a ``Target``.
+
+The flow, per file:
+
+1. a botocore client is made once per target, in a worker thread: credentials are found the
+   standard botocore way (environment, ``profile``, shared files, instance roles); a custom
+   ``endpoint_url`` gets path-style addressing;
+2. a file that fits in one part (``size <= config.part_size``) is one presigned ``PutObject``;
+   anything larger is a multipart upload: ``CreateMultipartUpload``, its ``UploadId``
+   journaled (``set_remote``) before any part is sent;
+3. each part's URL is presigned by botocore (``upload_part``; SigV4 query signing, unsigned
+   payload) and the bytes go through the engine's data path like every other target;
+4. ``CompleteMultipartUpload`` with the ETags in part order.
+
+Rules:
+- every botocore call is blocking and runs in a worker thread (``anyio.to_thread``);
+- a rerun with the journaled ``UploadId`` resumes: ``ListParts`` says which parts are stored
+  (size-checked against the plan); an upload that no longer exists (``NoSuchUpload``) is
+  started afresh;
+- botocore failures are translated here, once, to ``engine.errors`` with one-line messages
+  that never carry credentials or URL signatures;
+- only ids go to the journal (bucket, key, upload id), never URLs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from engine.errors import (
+    AuthenticationError,
+    ConfigError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RemoteError,
+    ServiceError,
+)
+from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec
+from engine.plan import S3_LIMITS
+from engine.target import Target, TargetContext
+
+__all__ = ["S3Target", "parse_s3_url"]
+
+T = TypeVar("T")
+
+#: presigned URLs live this long; an expired one is re-presigned on ``refresh``
+URL_EXPIRY = 3600
+#: a single ``PutObject`` holds at most this many bytes
+SINGLE_MAX = 5 * 1024**3
+
+_AUTH_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+    }
+)
+_DENIED_CODES = frozenset({"AccessDenied", "AllAccessDisabled", "AccountProblem", "403"})
+_NOT_FOUND_CODES = frozenset({"NoSuchBucket", "NoSuchUpload", "NoSuchKey", "404", "NotFound"})
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttling"}
+)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``"s3://bucket/some/key"`` -> ``("bucket", "some/key")``; ``ConfigError`` otherwise."""
+    prefix = "s3://"
+    if not url.startswith(prefix):
+        raise ConfigError(f"not an S3 URL (expected s3://BUCKET/KEY): {url!r}")
+    bucket, _, key = url[len(prefix) :].partition("/")
+    if not bucket or not key:
+        raise ConfigError(f"an S3 URL needs a bucket and a key (s3://BUCKET/KEY): {url!r}")
+    return bucket, key
+
+
+def translate(exc: BaseException, doing: str) -> RemoteError:
+    """Map a botocore failure to the engine's tree (one line, no secrets)."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return AuthenticationError(
+            f"{doing}: no AWS credentials found (set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)",
+            code="NoCredentials",
+        )
+    if isinstance(exc, bx.ProfileNotFound):
+        return AuthenticationError(f"{doing}: {exc}", code="ProfileNotFound")
+    if isinstance(exc, bx.ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "") or "")
+        message = str(err.get("Message", "") or code or "failed").splitlines()[0]
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        text = f"{doing}: {code}: {message}" if code else f"{doing}: {message}"
+        if code in _AUTH_CODES:
+            return AuthenticationError(text, code=code)
+        if code in _DENIED_CODES or status == 403:
+            return PermissionDeniedError(text, code=code or "AccessDenied")
+        if code in _NOT_FOUND_CODES or status == 404:
+            return NotFoundError(text, code=code or "NotFound")
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            return ServiceError(text, code=code)
+        return InvalidRequestError(text, code=code)
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionError):
+        return ServiceError(f"{doing}: cannot reach the S3 endpoint ({type(exc).__name__})")
+    if isinstance(exc, bx.ParamValidationError):
+        return InvalidRequestError(f"{doing}: {str(exc).splitlines()[0]}")
+    if isinstance(exc, bx.BotoCoreError):
+        return ServiceError(f"{doing}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    return ServiceError(f"{doing}: {type(exc).__name__}")
+
+
+class S3Target(Target):
+    """One file to ``s3://bucket/key``.
+
+    endpoint_url: an S3-compatible endpoint (MinIO, a local test server); switches to
+                  path-style addressing.
+    region:       the bucket's region (default: the profile's, else ``us-east-1``).
+    profile:      a named profile of the shared AWS config/credentials files.
+    verify_tls:   verify the endpoint's certificate on control-plane calls (the data path
+                  follows ``UploadConfig.verify_tls``).
+    """
+
+    kind = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        key: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        verify_tls: bool = True,
+    ) -> None:
+        if not bucket or not key:
+            raise ConfigError("S3Target needs a bucket and a key")
+        self.bucket = bucket
+        self.key = key
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.profile = profile
+        self.verify_tls = verify_tls
+        self._client: Any = None
+        self._upload_id: str | None = None  # None: a single PutObject
+        self._stored: dict[int, PartResult] = {}
+
+    def __repr__(self) -> str:
+        state = f"upload={self._upload_id}" if self._upload_id else "no upload"
+        return f"<S3Target s3://{self.bucket}/{self.key} {state}>"
+
+    def journal_key(self, file: FileInfo) -> str:
+        return f"s3://{self.bucket}/{self.key}:{file.key}"
+
+    # --- botocore, always in a worker thread ---------------------------------------------
+    def _make_client(self) -> Any:
+        import botocore.session
+        from botocore.config import Config
+
+        session = botocore.session.Session(profile=self.profile)
+        if session.get_credentials() is None:
+            from botocore.exceptions import NoCredentialsError
+
+            raise NoCredentialsError()
+        s3cfg: dict[str, Any] = {"addressing_style": "path" if self.endpoint_url else "auto"}
+        return session.create_client(
+            "s3",
+            region_name=self.region or session.get_config_variable("region") or "us-east-1",
+            endpoint_url=self.endpoint_url,
+            verify=self.verify_tls,
+            config=Config(
+                signature_version="s3v4",
+                s3=s3cfg,
+                retries={"max_attempts": 5, "mode": "standard"},
+                # parts are checked by their MD5 ETags; no checksum params in presigned URLs
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+
+    async def _call(self, doing: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        def run() -> T:
+            try:
+                if self._client is None:
+                    self._client = self._make_client()
+                return fn(self._client, *args, **kwargs)
+            except Exception as exc:
+                raise translate(exc, doing) from exc
+
+        return await anyio.to_thread.run_sync(run)
+
+    # --- Target -------------------------------------------------------------------------------
+    async def prepare(self, ctx: TargetContext) -> PartLimits:
+        where = f"s3://{self.bucket}/{self.key}"
+        if ctx.file.size <= min(ctx.config.part_size, SINGLE_MAX):
+            self._upload_id = None
+            # A missing bucket or bad credentials fail here, in one line; a key that may
+            # PutObject without ListBucket is refused HeadBucket: the PUT itself will tell.
+            with suppress(PermissionDeniedError):
+                await self._call(f"reach {where}", lambda c: c.head_bucket(Bucket=self.bucket))
+            return PartLimits(min_size=0, max_size=SINGLE_MAX, max_parts=1, single=True)
+        remote = ctx.journal.state.remote
+        known = remote.get("upload_id")
+        if known and remote.get("bucket") == self.bucket and remote.get("key") == self.key:
+            try:
+                self._stored = await self._call(f"list parts of {where}", self._list_parts, known)
+                self._upload_id = known
+                ctx.phase(f"resuming upload of {where} ({len(self._stored)} parts stored)")
+                return S3_LIMITS
+            except NotFoundError:
+                pass  # aborted or completed meanwhile: start again
+        created = await self._call(
+            f"start an upload to {where}",
+            lambda c: c.create_multipart_upload(
+                Bucket=self.bucket, Key=self.key, ContentType="application/octet-stream"
+            ),
+        )
+        self._upload_id = str(created["UploadId"])
+        self._stored = {}
+        ctx.journal.set_remote(
+            fresh=True, bucket=self.bucket, key=self.key, upload_id=self._upload_id
+        )
+        return S3_LIMITS
+
+    def _list_parts(self, client: Any, upload_id: str) -> dict[int, PartResult]:
+        out: dict[int, PartResult] = {}
+        marker = 0
+        while True:
+            page = client.list_parts(
+                Bucket=self.bucket, Key=self.key, UploadId=upload_id, PartNumberMarker=marker
+            )
+            for p in page.get("Parts", []):
+                n = int(p["PartNumber"])
+                out[n] = PartResult(n, str(p["ETag"]), int(p["Size"]))
+            if not page.get("IsTruncated"):
+                return out
+            marker = int(page["NextPartNumberMarker"])
+
+    async def stored_parts(
+        self, plan: Sequence[PartSpec], ctx: TargetContext
+    ) -> dict[int, PartResult]:
+        sizes = {p.number: p.size for p in plan}
+        return {n: r for n, r in self._stored.items() if sizes.get(n) == r.size}
+
+    async def part_request(
+        self, part: PartSpec, ctx: TargetContext, *, refresh: bool
+    ) -> PartRequest:
+        if self._upload_id is None:
+            op = "put_object"
+            params: dict[str, object] = {"Bucket": self.bucket, "Key": self.key}
+        else:
+            op = "upload_part"
+            params = {
+                "Bucket": self.bucket,
+                "Key": self.key,
+                "UploadId": self._upload_id,
+                "PartNumber": part.number,
+            }
+        url = await self._call(
+            f"presign part {part.number}",
+            lambda c: c.generate_presigned_url(op, Params=params, ExpiresIn=URL_EXPIRY),
+        )
+        return PartRequest(url=str(url), method="PUT")
+
+    async def complete(self, parts: Sequence[PartResult], ctx: TargetContext) -> Mapping[str, str]:
+        where = f"s3://{self.bucket}/{self.key}"
+        ids = {"bucket": self.bucket, "key": self.key}
+        if self._upload_id is None:
+            return {**ids, "etag": parts[0].etag if parts else ""}
+        upload_id = self._upload_id
+        done = await self._call(
+            f"complete the upload to {where}",
+            lambda c: c.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"ETag": p.etag, "PartNumber": p.number} for p in parts]
+                },
+            ),
+        )
+        return {**ids, "upload_id": upload_id, "etag": str(done.get("ETag", ""))}
