@@ -169,6 +169,8 @@ class Endpoint:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,7 +330,9 @@ def build_cases(data: dict[str, Path], quick: bool) -> list[Case]:
     eng_off = _engine("engine (ETag check off)", "--verify", "off")
     eng_s3 = _engine("engine via S3Target", "--target", "s3", "--verify", "on")
     ceiling = Contender("sendfile ceiling", "py", ("sendfile",), group="ceiling", hashing=False)
-    req = Contender("requests, part by part (Matterport example)", "py", ("requests",))
+    req = Contender(
+        "requests, part by part (Matterport example)", "py", ("requests",), hashing=False
+    )
     b3 = Contender("boto3 upload_file (defaults)", "py", ("boto3", "--variant", "default"))
     b3t = Contender(
         "boto3 tuned (matched, signing+checksums off)",

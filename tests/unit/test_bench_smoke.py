@@ -1,0 +1,37 @@
+"""Smoke test of ``make bench``: the harness, the endpoint and two contenders, at quick size.
+
+Only checks that it runs and writes its outputs; timings live in the benchmark itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("cryptography") is None, reason="needs the bench extra"
+)
+def test_quick_bench_runs_and_writes_results(tmp_path: Path) -> None:
+    code = run.main(
+        [
+            "--quick",
+            "--cases",
+            "single-http",
+            "--contenders",
+            "engine,sendfile",
+            "--out",
+            str(tmp_path),
+            "--no-plot",
+        ]
+    )
+    assert code == 0
+    result = json.loads((tmp_path / "latest.json").read_text())
+    names = {r["contender"] for r in result["summary"]}
+    assert {"engine", "engine (ETag check off)", "sendfile ceiling"} <= names
+    assert all(s["ok"] and s["gbps"] > 0 and s["rss_mib"] > 0 for s in result["samples"])
