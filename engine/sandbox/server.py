@@ -1,0 +1,321 @@
+"""The sandbox server: one aiohttp application hosting the blob store and both control planes.
+
+Rules this module keeps:
+
+* It runs in the caller's event loop (``AppRunner`` + a socket site) and never installs a loop;
+  ``async with Sandbox(config) as sandbox`` is the whole life cycle, and leaving the block stops the
+  server and removes a temporary data directory.
+* The application is built completely — blob routes, admin routes, control-plane routes — before
+  the runner starts (``Sandbox._build_app``); the store learns its ``base_url`` once the socket is
+  bound (port 0 picks an ephemeral port).
+* It shares no code with the client side (``engine/*.py``): stdlib, aiohttp, orjson and anyio only.
+* Client disconnects are not errors: request bodies are read with a 1 MiB buffer, handlers swallow
+  resets, and there is no access log, so a reset mid-body leaves no traceback.
+
+Routes: ``PUT /blob/{key}`` (presigned uploads), ``POST /api/import/graph`` (Matterport),
+``POST /graphql`` (Speckle), ``GET /_sandbox/stats`` and ``GET /_sandbox/objects/{key}`` (admin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Protocol, runtime_checkable
+
+import anyio
+import anyio.to_thread
+import orjson
+from aiohttp import web
+
+from engine.sandbox.blobstore import BlobError, BlobStore, MiB, validate_key
+from engine.sandbox.faults import FaultPlan
+
+__all__ = ["ControlPlane", "Sandbox", "SandboxConfig", "main", "serve"]
+
+_READ_BUFSIZE: Final = 1 * MiB  # aiohttp pauses the socket at 2x this per connection
+_SHUTDOWN_TIMEOUT: Final = 1.0  # seconds granted to in-flight handlers when the sandbox stops
+
+_PROCESS_SECRET: Final = secrets.token_bytes(32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxConfig:
+    """How to run the sandbox. Sizes in bytes.
+
+    ``data_dir=None`` uses a temporary directory removed on exit (none at all with ``discard``).
+    ``port=0`` binds an ephemeral port. ``secret`` signs presigned URLs (random per process).
+    ``matterport`` / ``speckle`` are the control planes' own configs (``None``: their defaults).
+    """
+
+    data_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    secret: bytes = field(default=_PROCESS_SECRET, repr=False)
+    discard: bool = False
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    min_part_size: int = 5 * MiB
+    max_part_size: int = 5 * 1024 * MiB
+    matterport: Any = None
+    speckle: Any = None
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port <= 65535):
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not self.secret:
+            raise ValueError("secret must not be empty")
+        if not (0 <= self.min_part_size <= self.max_part_size):
+            raise ValueError("need 0 <= min_part_size <= max_part_size")
+
+
+@runtime_checkable
+class ControlPlane(Protocol):
+    """What a control plane offers the server: routes, and optionally ``stats() -> dict``."""
+
+    def register(self, app: web.Application) -> None: ...
+
+
+class Sandbox:
+    """The in-process sandbox server; an async context manager running in the caller's loop.
+
+    After ``__aenter__``: ``url`` (``"http://127.0.0.1:PORT"``), ``store`` and ``app``.
+    """
+
+    def __init__(self, config: SandboxConfig | None = None) -> None:
+        self.config = config if config is not None else SandboxConfig()
+        self._runner: web.AppRunner | None = None
+        self._temp_dir: Path | None = None
+        self._planes: list[ControlPlane] = []
+        self._url: str | None = None
+        self._store: BlobStore | None = None
+        self._app: web.Application | None = None
+
+    def __repr__(self) -> str:
+        state = self._url if self._url is not None else "not started"
+        return f"Sandbox({state}, store={self._store!r})"
+
+    @property
+    def url(self) -> str:
+        if self._url is None:
+            raise RuntimeError("the sandbox is not running")
+        return self._url
+
+    @property
+    def store(self) -> BlobStore:
+        if self._store is None:
+            raise RuntimeError("the sandbox is not running")
+        return self._store
+
+    @property
+    def app(self) -> web.Application:
+        if self._app is None:
+            raise RuntimeError("the sandbox is not running")
+        return self._app
+
+    @property
+    def planes(self) -> Sequence[ControlPlane]:
+        return tuple(self._planes)
+
+    async def __aenter__(self) -> Sandbox:
+        if self._runner is not None:
+            raise RuntimeError("the sandbox is already running")
+        config = self.config
+        data_dir = config.data_dir
+        if data_dir is None and not config.discard:
+            self._temp_dir = Path(tempfile.mkdtemp(prefix="upload-engine-sandbox-"))
+            data_dir = self._temp_dir
+        try:
+            self._store = BlobStore(
+                data_dir,
+                secret=config.secret,
+                discard=config.discard,
+                faults=config.faults,
+                min_part_size=config.min_part_size,
+                max_part_size=config.max_part_size,
+            )
+            self._app = self._build_app(self._store)
+            runner = web.AppRunner(
+                self._app,
+                handle_signals=False,
+                shutdown_timeout=_SHUTDOWN_TIMEOUT,
+                access_log=None,
+                read_bufsize=_READ_BUFSIZE,
+                auto_decompress=False,  # store bodies byte for byte, as S3 does
+            )
+            await runner.setup()
+            self._runner = runner
+            sock = _bind(config.host, config.port)
+            try:
+                await web.SockSite(runner, sock).start()
+            except BaseException:
+                sock.close()
+                raise
+        except BaseException:
+            await self._stop()
+            raise
+        host, port = sock.getsockname()[:2]
+        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self._store.base_url = self._url
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        runner, self._runner = self._runner, None
+        self._url = None
+        if self._store is not None:
+            self._store.close()
+        try:
+            if runner is not None:
+                await runner.cleanup()
+        finally:
+            temp_dir, self._temp_dir = self._temp_dir, None
+            if temp_dir is not None:
+                await anyio.to_thread.run_sync(shutil.rmtree, temp_dir, True)
+
+    # ---- application -----------------------------------------------------------------------------
+
+    def _build_app(self, store: BlobStore) -> web.Application:
+        """Build the whole application before the runner starts: blob, admin, control planes."""
+        app = web.Application()
+        store.register(app)
+        app.router.add_get("/_sandbox/stats", self._handle_stats)
+        app.router.add_get("/_sandbox/objects/{key:.+}", self._handle_object)
+        # ---- control planes: each is constructed as Plane(config_or_None, store) and adds its
+        # own routes with plane.register(app). Imported here, not at module level, so that a
+        # plane module may import from engine.sandbox without an import cycle.
+        self._planes = self._make_planes(store)
+        for plane in self._planes:
+            plane.register(app)
+        return app
+
+    def _make_planes(self, store: BlobStore) -> list[ControlPlane]:
+        from engine.sandbox.matterport import MatterportPlane
+        from engine.sandbox.speckle import SpecklePlane
+
+        return [
+            MatterportPlane(self.config.matterport, store),  # POST /api/import/graph
+            SpecklePlane(self.config.speckle, store),  # POST /graphql
+        ]
+
+    def stats(self) -> dict[str, Any]:
+        """``store.stats()`` plus ``planes: {name: plane.stats()}`` for planes that keep stats."""
+        result = self.store.stats()
+        planes: dict[str, Any] = {}
+        for plane in self._planes:
+            plane_stats = getattr(plane, "stats", None)
+            if callable(plane_stats):
+                name = type(plane).__name__.removesuffix("Plane").lower()
+                planes[name] = plane_stats()
+        result["planes"] = planes
+        return result
+
+    async def _handle_stats(self, request: web.Request) -> web.Response:
+        return _json_response(self.stats())
+
+    async def _handle_object(self, request: web.Request) -> web.Response:
+        try:
+            key = validate_key(request.match_info["key"])
+        except BlobError as exc:
+            return _json_response({"error": exc.code, "message": exc.message}, status=exc.status)
+        stored = self.store.head(key)
+        if stored is None:
+            return _json_response({"error": "NoSuchKey", "key": key}, status=404)
+        return _json_response(asdict(stored))
+
+
+def _json_response(payload: Any, *, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS),
+        content_type="application/json",
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running it on its own.
+
+
+async def serve(config: SandboxConfig) -> None:
+    """Run a sandbox after printing its URL (and data directory) on stdout.
+
+    Runs until cancelled (Ctrl-C) or, when called from the main thread, until SIGTERM (as sent by
+    ``docker stop``); either way the server stops cleanly and a temporary data dir is removed.
+    """
+    async with Sandbox(config) as sandbox:
+        where = "discarding bytes" if config.discard else f"data in {sandbox.store.data_dir}"
+        print(f"sandbox listening on {sandbox.url} ({where})", flush=True)
+        await _wait_for_sigterm()
+
+
+async def _wait_for_sigterm() -> None:
+    if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        await anyio.sleep_forever()
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+def _parse_args(argv: Sequence[str] | None) -> SandboxConfig:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.sandbox.server",
+        description="Run the upload-engine sandbox (blob store + Matterport + Speckle planes).",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: a temp dir")
+    parser.add_argument("--discard", action="store_true", help="hash and count, store nothing")
+    parser.add_argument("--min-part-size", type=int, default=5 * MiB, help="bytes")
+    parser.add_argument("--faults", default="", help='e.g. "503=0.05,reset=0.02,throttle=0.05"')
+    parser.add_argument("--seed", type=int, default=0, help="fault seed")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per blob request")
+    args = parser.parse_args(argv)
+    try:
+        faults = FaultPlan.from_spec(args.faults, seed=args.seed, latency=args.latency)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return SandboxConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        discard=args.discard,
+        min_part_size=args.min_part_size,
+        faults=faults,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m engine.sandbox.server [--port N] [--faults SPEC] ...``; Ctrl-C stops it."""
+    config = _parse_args(argv)
+    try:
+        anyio.run(serve, config)
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"sandbox: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
