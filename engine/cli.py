@@ -104,6 +104,7 @@ class Outcome:
     line: str
     record: dict[str, Any] = field(default_factory=dict)
     failed: bool = False
+    code: int | None = None  # exit code when not 0/1 by ``failed`` (130: interrupted)
 
 
 Runner = Callable[[argparse.Namespace], Awaitable[Outcome]]
@@ -174,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(redact(orjson.dumps(record, default=str).decode()) + "\n")
     elif outcome.line:
         print(redact(outcome.line))
+    if outcome.code is not None:
+        return outcome.code
     return EXIT_FAILED if outcome.failed else EXIT_OK
 
 

@@ -102,6 +102,12 @@ class Uploader:
                     ),
                 )
                 self._owned.append(control)
+                for owned in self._owned:
+                    # aiohttp silently re-sends an idempotent request once when a kept-alive
+                    # connection drops; the engine retries parts itself (with backoff, a fresh
+                    # URL and accounting), so switch that off where the private flag exists.
+                    if hasattr(owned, "_retry_connection"):
+                        owned._retry_connection = False
         except BaseException:
             journal.close()
             await self._close_owned()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,10 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
     serve.add_argument("--seed", type=int, default=0)
     serve.set_defaults(runner=run_sandbox_serve)
 
+    from engine import bulk
+
+    bulk.register(sub)
+
 
 # ----------------------------------------------------------------------------------------------
 # The in-process sandbox
@@ -128,7 +132,7 @@ def sandbox_target(sb: Any, info: FileInfo) -> PresignedMultipart:
     key = f"uploads/{info.path.name}"
     upload_id = sb.store.create_multipart(key)
 
-    def complete(parts: Sequence[PartResult]) -> Mapping[str, str]:
+    def complete(parts: Sequence[PartResult]) -> Mapping[str, str] | None:
         try:
             obj = sb.store.complete_multipart(key, upload_id, [(p.number, p.etag) for p in parts])
         except BlobError as exc:
@@ -150,23 +154,184 @@ async def run_upload(args: argparse.Namespace) -> Outcome:
     infos = [FileInfo.of(p) for p in args.files]
     total = sum(i.size for i in infos)
     to: str = args.to
-    journal_dir = args.state_dir or state_dir_default()
+    journal = (args.state_dir or state_dir_default()) / "journal.jsonl"
     with progress_for(args, files=len(infos), total=total) as view:
         if to == "sandbox":
             return await _upload_sandbox(args, infos, view)
         if to in ("matterport", "sandbox-matterport"):
-            from engine.providers.matterport_cli import upload_matterport
-
-            return await upload_matterport(args, infos, view, journal_dir)
+            return await _upload_matterport(args, infos, view, journal)
         if to in ("speckle", "sandbox-speckle"):
-            from engine.providers.speckle_cli import upload_speckle
-
-            return await upload_speckle(args, infos, view, journal_dir)
+            return await _upload_speckle(args, infos, view, journal)
         if to.startswith("s3://"):
-            from engine.providers.s3_cli import upload_s3
-
-            return await upload_s3(args, infos, view, journal_dir)
+            return await _upload_s3(args, infos, view, journal)
     raise ConfigError(f"unknown destination {to!r}; use one of: {DESTINATIONS}")
+
+
+def _rate(size: int, seconds: float) -> float:
+    return size / seconds if seconds > 0 else 0.0
+
+
+async def _upload_matterport(
+    args: argparse.Namespace, infos: list[FileInfo], view: ProgressView, journal: Path
+) -> Outcome:
+    from engine.providers.matterport import Matterport, MatterportCredentials
+
+    started = time.monotonic()
+    async with AsyncExitStack() as stack:
+        if args.to == "sandbox-matterport":
+            from engine.sandbox.matterport import MatterportSandboxConfig
+
+            mp = MatterportSandboxConfig()
+            sb = await stack.enter_async_context(
+                sandbox(args.sandbox_dir, args.sandbox_faults, matterport=mp)
+            )
+            creds = MatterportCredentials(*mp.credentials[0])
+            endpoint = f"{sb.url}/api/import/graph"
+            org = args.organization or sorted(mp.organizations)[0]
+            journal_path: Path | None = None  # a fresh sandbox cannot resume an old session
+            poll = 0.05
+        else:
+            creds = MatterportCredentials.from_env()
+            endpoint = args.endpoint or "https://api.matterport.com/api/import/graph"
+            if not args.organization:
+                raise ConfigError("--organization is required for --to matterport")
+            org, journal_path, poll = args.organization, journal, 2.0
+        up = await stack.enter_async_context(
+            Uploader(engine_config(args), on_event=view, journal=journal_path)
+        )
+        result = await Matterport(creds, endpoint=endpoint, poll_interval=poll).import_files(
+            up,
+            [i.path for i in infos],
+            organization=org,
+            name=args.name or infos[0].path.stem,
+            description=args.description,
+        )
+    seconds = time.monotonic() - started
+    return Outcome(
+        summary_line(
+            f"matterport session {result.session_id} -> model {result.model_id}",
+            result.bytes,
+            seconds,
+        ),
+        {
+            "destination": args.to,
+            "session_id": result.session_id,
+            "model_id": result.model_id,
+            "files": [str(f.path) for f in result.files],
+            "bytes": result.bytes,
+            "seconds": round(seconds, 3),
+            "throughput": _rate(result.bytes, seconds),
+            "retries": sum(f.retries for f in result.files),
+        },
+    )
+
+
+async def _upload_speckle(
+    args: argparse.Namespace, infos: list[FileInfo], view: ProgressView, journal: Path
+) -> Outcome:
+    from engine.providers.speckle import Speckle, SpeckleCredentials
+
+    if args.model and args.model_id:
+        raise ConfigError("give --model or --model-id, not both")
+    started = time.monotonic()
+    records: list[dict[str, Any]] = []
+    size = 0
+    async with AsyncExitStack() as stack:
+        if args.to == "sandbox-speckle":
+            from engine.sandbox.speckle import SpeckleSandboxConfig
+
+            sp = SpeckleSandboxConfig()
+            sb = await stack.enter_async_context(
+                sandbox(args.sandbox_dir, args.sandbox_faults, speckle=sp)
+            )
+            creds = SpeckleCredentials(next(iter(sp.tokens)))
+            server, project, journal_path, poll = (
+                sb.url,
+                args.project or sorted(sp.projects)[0],
+                None,
+                0.05,
+            )
+        else:
+            creds = SpeckleCredentials.from_env()
+            if not args.project:
+                raise ConfigError("--project is required for --to speckle")
+            server = args.server or "https://app.speckle.systems"
+            project, journal_path, poll = args.project, journal, 1.0
+        up = await stack.enter_async_context(
+            Uploader(engine_config(args), on_event=view, journal=journal_path)
+        )
+        speckle = Speckle(creds, server=server, poll_interval=poll)
+        for info in infos:
+            r = await speckle.upload(
+                up, info.path, project_id=project, model_name=args.model, model_id=args.model_id
+            )
+            size += info.size
+            records.append(
+                {
+                    "path": str(info.path),
+                    "project_id": r.project_id,
+                    "model_id": r.model_id,
+                    "version_id": r.version_id,
+                    "bytes": info.size,
+                    "seconds": round(r.seconds, 3),
+                }
+            )
+    seconds = time.monotonic() - started
+    last = records[-1]
+    return Outcome(
+        summary_line(
+            f"speckle project {last['project_id']} model {last['model_id']} "
+            f"version {last['version_id']}",
+            size,
+            seconds,
+        ),
+        {
+            "destination": args.to,
+            "files": records,
+            "bytes": size,
+            "seconds": round(seconds, 3),
+            "throughput": _rate(size, seconds),
+        },
+    )
+
+
+async def _upload_s3(
+    args: argparse.Namespace, infos: list[FileInfo], view: ProgressView, journal: Path
+) -> Outcome:
+    from engine.providers.s3 import S3Target, parse_s3_url
+
+    bucket, key = parse_s3_url(args.to)
+    if len(infos) > 1 and key and not key.endswith("/"):
+        raise ConfigError("several files need a key prefix ending in '/' (s3://BUCKET/prefix/)")
+    started = time.monotonic()
+    records: list[dict[str, Any]] = []
+    async with Uploader(engine_config(args), on_event=view, journal=journal) as up:
+        for info in infos:
+            object_key = key + info.path.name if (not key or key.endswith("/")) else key
+            target = S3Target(
+                bucket,
+                object_key,
+                endpoint_url=args.endpoint_url,
+                region=args.region,
+                profile=args.profile,
+                verify_tls=not args.insecure,
+            )
+            r = await up.upload(info.path, target)
+            records.append(
+                {"path": str(info.path), "bucket": bucket, "key": object_key, **r.remote}
+            )
+    seconds = time.monotonic() - started
+    size = sum(i.size for i in infos)
+    return Outcome(
+        summary_line(f"uploaded {len(infos)} file(s) to s3://{bucket}/{key}", size, seconds),
+        {
+            "destination": "s3",
+            "files": records,
+            "bytes": size,
+            "seconds": round(seconds, 3),
+            "throughput": _rate(size, seconds),
+        },
+    )
 
 
 async def _upload_sandbox(
@@ -205,7 +370,7 @@ async def _upload_sandbox(
 async def run_demo(args: argparse.Namespace) -> Outcome:
     from engine.providers.matterport import Matterport, MatterportCredentials
     from engine.sandbox.e57 import write_sample_e57
-    from engine.sandbox.matterport import MatterportSandboxConfig
+    from engine.sandbox.matterport import MatterportPlane, MatterportSandboxConfig
 
     base: Path = args.dir
     await anyio.Path(base).mkdir(parents=True, exist_ok=True)
@@ -218,7 +383,7 @@ async def run_demo(args: argparse.Namespace) -> Outcome:
     source_md5 = await anyio.to_thread.run_sync(md5_of, sample)
     info = FileInfo.of(sample)
     mp_config = MatterportSandboxConfig()
-    creds = MatterportCredentials(mp_config.token_id, mp_config.token_secret)
+    creds = MatterportCredentials(*mp_config.credentials[0])
     org = sorted(mp_config.organizations)[0]
     say.print(f"starting the sandbox (faults: {args.faults or 'none'})")
     with progress_for(args, files=1, total=info.size) as view:
@@ -229,13 +394,15 @@ async def run_demo(args: argparse.Namespace) -> Outcome:
                     creds, endpoint=f"{sb.url}/api/import/graph", poll_interval=0.1
                 ).import_files(up, [sample], organization=org, name="upload-engine demo")
             seconds = time.monotonic() - started
-            stored = sb.planes[0].file_md5s()  # assembled MD5 of each file, by name
-    stored_md5 = next(iter(stored.values()), "")
+            url = sb.url
+            plane = next(p for p in sb.planes if isinstance(p, MatterportPlane))
+            session = plane.session(result.session_id)
+            stored_md5 = plane.md5_of(result.session_id, next(iter(session.files))) or ""
     ok = stored_md5 == source_md5
     retries = sum(f.retries for f in result.files)
     lines = [
         f"sample scan:  {sample} ({human_bytes(info.size)}, MD5 {source_md5})",
-        f"destination:  Matterport Import API of the in-process sandbox at {sb.url}",
+        f"destination:  Matterport Import API of the in-process sandbox at {url}",
         f"              session {result.session_id} -> model {result.model_id}",
         f"bytes stored: {base / 'sandbox'} (the sandbox's data directory)",
         f"throughput:   {human_bytes(info.size)} in {seconds:.2f} s = "

@@ -3,7 +3,8 @@
 Rules:
 - a request is retried (full-jitter backoff, ``Retry-After`` honoured) on connection errors,
   timeouts, HTTP 429 and 5xx, and on GraphQL errors whose code the provider marks transient;
-  ``retry=False`` sends once (for calls that are not idempotent);
+  ``retry=False`` (for calls that are not idempotent) retries only an HTTP 429, which the
+  server refuses before running anything;
 - every other failure becomes the ``RemoteError`` subclass the provider's ``classify`` picks,
   with one readable line: the operation, the platform's message and code;
 - a body that is not GraphQL JSON (an HTML error page, a proxy's text) is reported with its
@@ -92,7 +93,7 @@ class GraphQLClient:
         """Run one operation and return its ``data``; raise a ``RemoteError`` on failure."""
         op = operation_name(document)
         payload = orjson.dumps({"query": document, "variables": dict(variables or {})})
-        attempts = self._max_attempts if retry else 1
+        attempts = self._max_attempts
         for attempt in range(1, attempts + 1):
             self.calls.append(op)
             outcome = await self._attempt(op, payload)
@@ -101,9 +102,10 @@ class GraphQLClient:
             if isinstance(outcome, RemoteError):
                 raise outcome
             failure, wait = outcome
-            if attempt == attempts:
+            if attempt == attempts or (not retry and failure.status != 429):
                 raise ServiceError(
-                    f"{op}: {failure.message} (gave up after {attempt} attempts)",
+                    f"{op}: {failure.message}"
+                    + (f" (gave up after {attempt} attempts)" if attempt > 1 else ""),
                     code=failure.code,
                 )
             delay = backoff_delay(attempt, base=self._base, cap=self._cap, rng=self._rng)

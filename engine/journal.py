@@ -51,6 +51,7 @@ def _apply(states: dict[str, FileState], rec: Mapping[str, Any]) -> None:
             st.parts.clear()
             st.remote.clear()
             st.marks.clear()
+            st.done = None
         st.remote.update({str(k): str(v) for k, v in (rec.get("data") or {}).items()})
     elif op == "part":
         n = int(rec["n"])

@@ -78,7 +78,9 @@ class Target(ABC):
 
 MaybeAwaitable = Awaitable[str | PartRequest] | str | PartRequest
 PartURL = Callable[[int], MaybeAwaitable]
-Complete = Callable[[Sequence[PartResult]], Awaitable[Mapping[str, str] | None] | None]
+Complete = Callable[
+    [Sequence[PartResult]], Awaitable[Mapping[str, str] | None] | Mapping[str, str] | None
+]
 
 
 class PresignedMultipart(Target):

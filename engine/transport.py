@@ -136,8 +136,12 @@ class RangeBody(aiohttp.Payload):
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
-        if self._consumed:
-            raise RuntimeError("a RangeBody is sent once; build a new one to retry")
+        if self.sent or self._consumed:
+            # aiohttp re-sent the request on a new connection (it does so once for idempotent
+            # methods on a dropped keep-alive connection): start the range over, hash afresh.
+            self._on_progress(-self.sent)
+            self.sent = 0
+            self.md5 = hashlib.md5(usedforsecurity=False)
         self._consumed = True
         offset, remaining = self._part.offset, self._part.size
         if content_length is not None:
