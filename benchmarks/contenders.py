@@ -239,7 +239,7 @@ def _boto_client(args: argparse.Namespace, tuned: bool) -> Any:
 
 def run_boto3(args: argparse.Namespace) -> float:
     from boto3.s3.transfer import TransferConfig
-    from s3transfer.manager import TransferManager
+    from s3transfer.manager import TransferManager  # type: ignore[import-untyped]
 
     tuned = args.variant == "tuned"
     client = _boto_client(args, tuned)
@@ -268,7 +268,7 @@ def run_boto3(args: argparse.Namespace) -> float:
 
 # --- AWS CRT ------------------------------------------------------------------------------
 def run_crt(args: argparse.Namespace) -> float:
-    from awscrt import auth, http, io, s3
+    from awscrt import auth, http, io, s3  # type: ignore[import-untyped]
 
     u = urlsplit(args.url)
     https = u.scheme == "https"

@@ -91,6 +91,9 @@ class _Conn(asyncio.BufferedProtocol):
         self.line = bytearray()  # a chunk-size or trailer line being assembled
         self.body_small = bytearray()  # bodies of control requests (Complete XML)
         self.keep_alive = True
+        self.aws_state = _CHUNK_SIZE  # the nested aws-chunked decoder (only with --hash)
+        self.aws_remaining = 0
+        self.aws_line = bytearray()
 
     # asyncio.BufferedProtocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

