@@ -40,6 +40,9 @@ from engine.events import (
 )
 from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec, UploadResult
 from engine.plan import plan_parts
+from engine.providers.matterport import Matterport, MatterportCredentials, MatterportResult
+from engine.providers.s3 import S3Target
+from engine.providers.speckle import Speckle, SpeckleCredentials, SpeckleResult
 from engine.target import PresignedMultipart, Target, TargetContext
 
 __version__ = "0.1.0"
@@ -61,6 +64,9 @@ __all__ = [
     "InterruptedUpload",
     "InvalidRequestError",
     "KiB",
+    "Matterport",
+    "MatterportCredentials",
+    "MatterportResult",
     "MiB",
     "NotFoundError",
     "PartDone",
@@ -77,9 +83,13 @@ __all__ = [
     "QuotaExceededError",
     "RemoteError",
     "RetriesExhaustedError",
+    "S3Target",
     "ServiceError",
     "SourceChangedError",
     "SourceError",
+    "Speckle",
+    "SpeckleCredentials",
+    "SpeckleResult",
     "Target",
     "TargetContext",
     "TooLargeError",

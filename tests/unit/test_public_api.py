@@ -6,14 +6,15 @@ import engine
 
 EXPECTED = {
     "AuthenticationError", "BytesSent", "ConfigError", "ConflictError", "Event", "EventHook",
-    "FileFailed", "FileFinished", "FileInfo", "FileStarted", "FormatError", "GiB", "InputError", "InterruptedUpload",
-    "InvalidRequestError", "KiB", "MiB", "NotFoundError", "PartDone", "PartLimits",
-    "PartRejectedError", "PartRequest", "PartResult", "PartRetry", "PartSpec",
-    "PermissionDeniedError", "Phase", "PresignedMultipart", "ProcessingError",
-    "QuotaExceededError", "RemoteError", "RetriesExhaustedError", "ServiceError",
-    "SourceChangedError", "SourceError", "Target", "TargetContext", "TooLargeError",
-    "TransferError", "UploadConfig", "UploadError", "UploadResult", "Uploader", "__version__",
-    "plan_parts",
+    "FileFailed", "FileFinished", "FileInfo", "FileStarted", "FormatError", "GiB", "InputError",
+    "InterruptedUpload", "InvalidRequestError", "KiB", "Matterport", "MatterportCredentials",
+    "MatterportResult", "MiB", "NotFoundError", "PartDone", "PartLimits", "PartRejectedError",
+    "PartRequest", "PartResult", "PartRetry", "PartSpec", "PermissionDeniedError", "Phase",
+    "PresignedMultipart", "ProcessingError", "QuotaExceededError", "RemoteError",
+    "RetriesExhaustedError", "S3Target", "ServiceError", "SourceChangedError", "SourceError",
+    "Speckle", "SpeckleCredentials", "SpeckleResult", "Target", "TargetContext",
+    "TooLargeError", "TransferError", "UploadConfig", "UploadError", "UploadResult", "Uploader",
+    "__version__", "plan_parts",
 }  # fmt: skip
 
 

@@ -1,0 +1,3 @@
+from engine.sandbox.server import main
+
+raise SystemExit(main())
