@@ -200,6 +200,7 @@ class Engine:
                         stall_timeout=cfg.stall_timeout,
                         on_progress=progress,
                         body_out=bodies,
+                        md5=cfg.verify_etag,
                     )
                     if (
                         cfg.verify_etag

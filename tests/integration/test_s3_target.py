@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import moto.server as moto_server
 import pytest
 
-pytest.importorskip("botocore")
-moto_server = pytest.importorskip("moto.server")
-
-from engine import (  # noqa: E402
+from engine import (
     AuthenticationError,
     KiB,
     MiB,
@@ -28,9 +26,9 @@ from engine import (  # noqa: E402
     UploadConfig,
     Uploader,
 )
-from engine.errors import ConfigError  # noqa: E402
-from engine.events import Event  # noqa: E402
-from engine.providers.s3 import S3Target, parse_s3_url  # noqa: E402
+from engine.errors import ConfigError
+from engine.events import Event
+from engine.providers.s3 import S3Target, parse_s3_url
 
 BUCKET = "scans"
 

@@ -4,7 +4,6 @@ Only checks that it runs and writes its outputs; timings live in the benchmark i
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -14,9 +13,6 @@ from benchmarks import run
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("cryptography") is None, reason="needs the bench extra"
-)
 def test_quick_bench_runs_and_writes_results(tmp_path: Path) -> None:
     code = run.main(
         [
