@@ -82,9 +82,9 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
         default=Path(".demo"),
         help="where the sample and the sandbox's bytes go",
     )
-    demo.add_argument("--faults", default="503=0.04,reset=0.02,throttle=0.02", help="fault spec")
+    demo.add_argument("--faults", default="503=0.06,reset=0.03,throttle=0.03", help="fault spec")
     add_engine_options(demo)
-    demo.set_defaults(runner=run_demo, part_size=16 * MiB)
+    demo.set_defaults(runner=run_demo, part_size=8 * MiB)
 
     sand = sub.add_parser("sandbox", help="the local sandbox of both platforms and blob storage")
     sand_sub = sand.add_subparsers(dest="sandbox_command", required=True, metavar="ACTION")

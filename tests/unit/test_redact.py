@@ -12,3 +12,8 @@ def test_presigned_query_strings_and_tokens_are_masked() -> None:
     assert redact("Basic dXNlcjpwYXNz") == "Basic [redacted]"
     assert redact_url(url) == "http://127.0.0.1:9/blob/k?[redacted]"
     assert redact_url("http://h/p") == "http://h/p"
+
+
+def test_text_after_a_url_survives() -> None:
+    text = redact("reset (write body for http://h/blob/k?X-Signature=abc); retrying")
+    assert text == "reset (write body for http://h/blob/k?[redacted]); retrying"
