@@ -80,7 +80,7 @@ class ProgressView:
         self._console = Console(file=stream or sys.stderr, highlight=False)
         self._progress: Progress | None = None
         self._overall: TaskID | None = None
-        self._rows: dict[str, TaskID] = {}
+        self._rows: dict[str, TaskID] = {}  # by absolute path
         self._last_json = 0.0
 
     def __repr__(self) -> str:
@@ -136,7 +136,7 @@ class ProgressView:
         if isinstance(event, PartRetry):
             self.retries += 1
             self.sent -= event.bytes_lost
-            self._advance(event.path.name, -event.bytes_lost)
+            self._advance(str(event.path), -event.bytes_lost)
         elif isinstance(event, FileFinished):
             self.files_done += 1
         elif isinstance(event, FileFailed):
@@ -153,7 +153,7 @@ class ProgressView:
     def _bytes(self, event: BytesSent) -> None:
         self.sent += event.bytes
         if self.mode == "tty":
-            self._advance(event.path.name, event.bytes)
+            self._advance(str(event.path), event.bytes)
         elif self.mode == "json":
             now = time.monotonic()
             if now - self._last_json >= 0.5:
@@ -169,23 +169,23 @@ class ProgressView:
                     }
                 )
 
-    def _advance(self, name: str, n: int) -> None:
+    def _advance(self, key: str, n: int) -> None:
         if self._progress is None or self._overall is None:
             return
         self._progress.update(self._overall, advance=n, extra=self._summary())
-        row = self._rows.get(name)
+        row = self._rows.get(key)
         if row is not None:
             self._progress.update(row, advance=n)
 
     def _tty(self, event: Event) -> None:
         progress = self._progress
         assert progress is not None and self._overall is not None
-        name = event.path.name
+        name, key = event.path.name, str(event.path)  # rows by path: names repeat in a tree
         if isinstance(event, FileStarted):
             row = progress.add_task(
                 f"  {name}", total=event.size or None, completed=event.bytes_done, extra=""
             )
-            self._rows[name] = row
+            self._rows[key] = row
             progress.update(self._overall, advance=event.bytes_done, extra=self._summary())
             if event.parts_done:
                 self.print(f"{name}: resuming, {event.parts_done}/{event.parts} parts stored")
@@ -195,13 +195,13 @@ class ProgressView:
                 f"retrying in {event.delay:.2f} s"
             )
         elif isinstance(event, Phase):
-            shown = self._rows.get(name)
+            shown = self._rows.get(key)
             if shown is not None:
                 progress.update(shown, extra=event.message[:60])
             else:
                 self.print(f"{name}: {event.message}")
         elif isinstance(event, FileFinished | FileFailed):
-            gone = self._rows.pop(name, None)
+            gone = self._rows.pop(key, None)
             if gone is not None:
                 progress.remove_task(gone)
             progress.update(self._overall, extra=self._summary())
