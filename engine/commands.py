@@ -93,6 +93,13 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
     serve.add_argument("--port", type=int, default=8700)
     serve.add_argument("--data-dir", type=Path, default=None, help="default: a temporary directory")
     serve.add_argument("--discard", action="store_true", help="hash and count bytes, store nothing")
+    serve.add_argument(
+        "--storage",
+        metavar="S3_URL",
+        help="keep blobs in S3-compatible storage: s3://BUCKET[/PREFIX]?endpoint_url=URL"
+        "[&public_endpoint_url=URL][&region=R]; credentials from AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY; --faults do not apply to it",
+    )
     serve.add_argument("--faults", default="", help='e.g. "503=0.05,reset=0.02,throttle=0.05"')
     serve.add_argument("--seed", type=int, default=0)
     serve.set_defaults(runner=run_sandbox_serve)
@@ -432,6 +439,7 @@ async def run_demo(args: argparse.Namespace) -> Outcome:
 
 
 async def run_sandbox_serve(args: argparse.Namespace) -> Outcome:
+    from engine.sandbox.blobstore import BlobError
     from engine.sandbox.server import SandboxConfig, serve
 
     config = SandboxConfig(
@@ -439,10 +447,29 @@ async def run_sandbox_serve(args: argparse.Namespace) -> Outcome:
         port=args.port,
         data_dir=args.data_dir,
         discard=args.discard,
+        storage_url=_storage_url(args),
         faults=fault_plan(args.faults, args.seed),
     )
     try:
         await serve(config)
     except OSError as exc:
         raise ConfigError(f"cannot serve on {args.host}:{args.port}: {exc.strerror}") from None
+    except BlobError as exc:
+        raise ConfigError(f"sandbox storage {args.storage}: {exc.code}: {exc.message}") from None
     return Outcome("")
+
+
+def _storage_url(args: argparse.Namespace) -> str | None:
+    """``--storage``, checked: a usable S3 URL, and no ``--faults`` beside it."""
+    from engine.sandbox.s3store import S3Location
+
+    url: str | None = args.storage
+    if url is None:
+        return None
+    try:
+        S3Location.parse(url)
+    except ValueError as exc:
+        raise ConfigError(f"--storage: {exc}") from None
+    if args.faults:
+        raise ConfigError("--faults apply to the sandbox's own blob store, not to --storage")
+    return url

@@ -55,6 +55,9 @@ class SandboxConfig:
     ``data_dir=None`` uses a temporary directory removed on exit (none at all with ``discard``).
     ``port=0`` binds an ephemeral port. ``secret`` signs presigned URLs (random per process).
     ``matterport`` / ``speckle`` are the control planes' own configs (``None``: their defaults).
+    ``storage_url``: keep blobs in S3-compatible storage instead (``s3://BUCKET[/PREFIX]?
+    endpoint_url=...``, see :mod:`engine.sandbox.s3store`); ``data_dir`` then holds validation
+    copies, and ``faults`` must be empty: fault injection does not apply to external storage.
     """
 
     data_dir: Path | None = None
@@ -67,6 +70,7 @@ class SandboxConfig:
     max_part_size: int = 5 * 1024 * MiB
     matterport: Any = None
     speckle: Any = None
+    storage_url: str | None = None
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -75,6 +79,15 @@ class SandboxConfig:
             raise ValueError("secret must not be empty")
         if not (0 <= self.min_part_size <= self.max_part_size):
             raise ValueError("need 0 <= min_part_size <= max_part_size")
+        if self.storage_url is not None:
+            from engine.sandbox.s3store import S3Location
+
+            S3Location.parse(self.storage_url)  # raises ValueError with the reason
+            if self.faults.active:
+                raise ValueError(
+                    "fault injection applies to the sandbox's own blob store only, not to "
+                    "external storage (storage_url)"
+                )
 
 
 @runtime_checkable
@@ -134,14 +147,17 @@ class Sandbox:
             self._temp_dir = Path(tempfile.mkdtemp(prefix="upload-engine-sandbox-"))
             data_dir = self._temp_dir
         try:
-            self._store = BlobStore(
-                data_dir,
-                secret=config.secret,
-                discard=config.discard,
-                faults=config.faults,
-                min_part_size=config.min_part_size,
-                max_part_size=config.max_part_size,
-            )
+            if config.storage_url is not None:
+                self._store = await _open_s3_store(config.storage_url, data_dir, config.discard)
+            else:
+                self._store = BlobStore(
+                    data_dir,
+                    secret=config.secret,
+                    discard=config.discard,
+                    faults=config.faults,
+                    min_part_size=config.min_part_size,
+                    max_part_size=config.max_part_size,
+                )
             self._app = self._build_app(self._store)
             runner = web.AppRunner(
                 self._app,
@@ -239,6 +255,14 @@ class Sandbox:
         return _json_response(asdict(stored))
 
 
+async def _open_s3_store(url: str, cache_dir: Path | None, discard: bool) -> BlobStore:
+    from engine.sandbox.s3store import S3BlobStore, S3Location
+
+    store = S3BlobStore(S3Location.parse(url), cache_dir=cache_dir, discard=discard)
+    await anyio.to_thread.run_sync(store.open)
+    return store
+
+
 def _json_response(payload: Any, *, status: int = 200) -> web.Response:
     return web.Response(
         status=status,
@@ -264,6 +288,8 @@ async def serve(config: SandboxConfig) -> None:
     """
     async with Sandbox(config) as sandbox:
         where = "discarding bytes" if config.discard else f"data in {sandbox.store.data_dir}"
+        if config.storage_url is not None:
+            where = f"blobs in {getattr(sandbox.store, 'location', config.storage_url)}"
         print(f"sandbox listening on {sandbox.url} ({where})", flush=True)
         await _wait_for_sigterm()
 
@@ -289,19 +315,24 @@ def _parse_args(argv: Sequence[str] | None) -> SandboxConfig:
     parser.add_argument("--faults", default="", help='e.g. "503=0.05,reset=0.02,throttle=0.05"')
     parser.add_argument("--seed", type=int, default=0, help="fault seed")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per blob request")
+    parser.add_argument("--storage", default=None, help="s3://BUCKET?endpoint_url=... (no faults)")
     args = parser.parse_args(argv)
     try:
         faults = FaultPlan.from_spec(args.faults, seed=args.seed, latency=args.latency)
     except ValueError as exc:
         parser.error(str(exc))
-    return SandboxConfig(
-        host=args.host,
-        port=args.port,
-        data_dir=args.data_dir,
-        discard=args.discard,
-        min_part_size=args.min_part_size,
-        faults=faults,
-    )
+    try:
+        return SandboxConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            discard=args.discard,
+            min_part_size=args.min_part_size,
+            faults=faults,
+            storage_url=args.storage,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -313,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except OSError as exc:
         print(f"sandbox: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    except BlobError as exc:
+        print(f"sandbox: storage {config.storage_url}: {exc.code}: {exc.message}", file=sys.stderr)
         return 1
     return 0
 
