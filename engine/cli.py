@@ -2,6 +2,7 @@
 
 Exit codes: 0 all uploaded; 1 a file failed; 2 usage error (bad arguments, bad input found
 before any upload); 130 interrupted (rerun the same command to resume).
+Errors are one line on stderr, never a traceback (``UPLOAD_ENGINE_DEBUG=1`` re-raises a bug).
 Credentials come from the environment only (never from arguments):
 MATTERPORT_TOKEN_ID / MATTERPORT_TOKEN_SECRET, SPECKLE_TOKEN, and the standard AWS chain.
 """
@@ -24,7 +25,8 @@ import orjson
 
 from engine.client import Uploader
 from engine.config import MiB, UploadConfig
-from engine.errors import ConfigError, InputError, UploadError
+from engine.errors import ConfigError, InputError, SourceChangedError, UploadError
+from engine.events import Event, FileFailed
 from engine.progress import Mode, ProgressView, human_bytes, human_rate
 from engine.redact import redact
 
@@ -161,13 +163,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_INTERRUPTED
     except ConfigError as exc:
-        print(f"upload-engine: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"upload-engine: error: {redact(_one_line(exc))}", file=sys.stderr)
         return EXIT_USAGE
+    except SourceChangedError as exc:  # found while uploading: the upload failed (resumable)
+        print(f"upload-engine: failed: {redact(_one_line(exc))}", file=sys.stderr)
+        return EXIT_FAILED
     except InputError as exc:
-        print(f"upload-engine: error: {redact(str(exc))}", file=sys.stderr)
+        print(f"upload-engine: error: {redact(_one_line(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except UploadError as exc:
-        print(f"upload-engine: failed: {redact(str(exc))}", file=sys.stderr)
+        print(f"upload-engine: failed: {redact(_one_line(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # the state directory, the report file: local, not the upload's
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"upload-engine: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        if os.environ.get("UPLOAD_ENGINE_DEBUG"):
+            raise
+        print(
+            f"upload-engine: internal error: {type(exc).__name__}: {redact(_one_line(exc))} "
+            "(set UPLOAD_ENGINE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     if getattr(args, "json", False):
         record = {"ok": not outcome.failed, **outcome.record}
@@ -180,9 +198,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_FAILED if outcome.failed else EXIT_OK
 
 
+class _OneFileView(ProgressView):
+    """The view of a one-file command: its last line (``upload-engine: failed: ...``) says why
+    the file failed, so the view does not say it a second time (JSON records still do)."""
+
+    _quiet = False
+
+    def __call__(self, event: Event) -> None:
+        self._quiet = isinstance(event, FileFailed)
+        try:
+            super().__call__(event)
+        finally:
+            self._quiet = False
+
+    def print(self, message: str) -> None:
+        if not self._quiet:
+            super().print(message)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: its message's lines joined (notes and causes left out)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @contextlib.contextmanager
 def progress_for(args: argparse.Namespace, *, files: int, total: int) -> Iterator[ProgressView]:
-    with ProgressView(view_mode(args), total_files=files, total_bytes=total) as view:
+    kind = _OneFileView if files == 1 else ProgressView
+    with kind(view_mode(args), total_files=files, total_bytes=total) as view:
         yield view
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -26,12 +26,14 @@ from engine.cli import (
 )
 from engine.client import Uploader
 from engine.config import MiB
-from engine.errors import ConfigError, RemoteError
+from engine.errors import AuthenticationError, ConfigError, RemoteError
 from engine.models import FileInfo, PartLimits, PartResult, UploadResult
 from engine.progress import ProgressView, human_bytes, human_rate
 from engine.target import PresignedMultipart
 
 __all__ = ["register"]
+
+T = TypeVar("T")
 
 DESTINATIONS = (
     "sandbox | sandbox-matterport | sandbox-speckle | matterport | speckle | s3://BUCKET/KEY"
@@ -174,6 +176,15 @@ async def run_upload(args: argparse.Namespace) -> Outcome:
     raise ConfigError(f"unknown destination {to!r}; use one of: {DESTINATIONS}")
 
 
+def _from_env(read: Callable[[], T]) -> T:
+    """Credentials from the environment; missing ones are a usage error (exit 2), found before
+    anything is sent. (Credentials the platform refuses stay an ``AuthenticationError``.)"""
+    try:
+        return read()
+    except AuthenticationError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _rate(size: int, seconds: float) -> float:
     return size / seconds if seconds > 0 else 0.0
 
@@ -198,7 +209,7 @@ async def _upload_matterport(
             journal_path: Path | None = None  # a fresh sandbox cannot resume an old session
             poll = 0.05
         else:
-            creds = MatterportCredentials.from_env()
+            creds = _from_env(MatterportCredentials.from_env)
             endpoint = args.endpoint or "https://api.matterport.com/api/import/graph"
             if not args.organization:
                 raise ConfigError("--organization is required for --to matterport")
@@ -259,7 +270,7 @@ async def _upload_speckle(
                 0.05,
             )
         else:
-            creds = SpeckleCredentials.from_env()
+            creds = _from_env(SpeckleCredentials.from_env)
             if not args.project:
                 raise ConfigError("--project is required for --to speckle")
             server = args.server or "https://app.speckle.systems"

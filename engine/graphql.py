@@ -8,12 +8,15 @@ Rules:
 - every other failure becomes the ``RemoteError`` subclass the provider's ``classify`` picks,
   with one readable line: the operation, the platform's message and code;
 - a body that is not GraphQL JSON (an HTML error page, a proxy's text) is reported with its
-  status and first line, never as a parse traceback;
+  status and its title or first line, never as a parse traceback; with HTTP 200 it is a
+  ``ServiceError`` at once (a wrong URL or a portal page does not heal on retry);
 - credentials are sent in a header only; every message is redacted.
 """
 
 from __future__ import annotations
 
+import html
+import os
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +34,8 @@ from engine.retry import backoff_delay, parse_retry_after
 __all__ = ["Classify", "GraphQLClient", "GraphQLFailure"]
 
 _OP_RE = re.compile(r"\b(?:query|mutation)\s+(\w+)")
+_TITLE_RE = re.compile(r"<(?:title|h1)[^>]*>(.*?)</(?:title|h1)>", re.IGNORECASE | re.DOTALL)
+_TAG_RE = re.compile(r"<[^>]*>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,31 @@ class GraphQLFailure:
 
 #: Returns the error to raise, or ``None`` when the failure is transient and may be retried.
 Classify = Callable[[GraphQLFailure], RemoteError | None]
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (``Connection refused``, ``timed out``)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    cause = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    errno = getattr(cause, "errno", None)
+    if isinstance(cause, OSError) and isinstance(errno, int) and errno > 0:
+        return os.strerror(errno)
+    text = " ".join(str(cause).split())
+    return redact(f"{type(cause).__name__}: {text}" if text else type(cause).__name__)
+
+
+def _excerpt(status: int, raw: bytes) -> str:
+    """``HTTP <status>: <what the body says>``: an HTML page's title, else its first line."""
+    text = raw[:4096].decode("utf-8", "replace")
+    found = _TITLE_RE.search(text)
+    if found:
+        words = " ".join(_TAG_RE.sub(" ", html.unescape(found.group(1))).split())
+        summary = f"an HTML page: {words[:120]}" if words else "an HTML page"
+    else:
+        lines = text.strip().splitlines()
+        summary = lines[0].strip()[:120] if lines else "an empty body"
+    return redact(f"HTTP {status}: {summary}")
 
 
 def operation_name(document: str) -> str:
@@ -122,12 +152,18 @@ class GraphQLClient:
                 raw = await r.read()
                 retry_after = parse_retry_after(r.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            text = redact(f"{type(exc).__name__}: {exc}".rstrip(": "))
-            return GraphQLFailure(op, 0, "", f"cannot reach {self.endpoint}: {text}", None), None
+            text = f"cannot reach {redact(self.endpoint)}: {_connection_reason(exc)}"
+            return GraphQLFailure(op, 0, "", text, None), None
         try:
             body: Any = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = None
+        if status == 200 and not isinstance(body, dict):
+            # A proxy's page, a login portal, a wrong URL: not GraphQL, and no retry will fix it.
+            return ServiceError(
+                f"{op}: malformed response from {redact(self.endpoint)}: not a GraphQL JSON "
+                f"object ({_excerpt(status, raw)})"
+            )
         errors = body.get("errors") if isinstance(body, dict) else None
         if status == 200 and isinstance(body, dict) and not errors:
             data = body.get("data")
@@ -141,11 +177,10 @@ class GraphQLClient:
             ext = first.get("extensions")
             if isinstance(ext, dict):
                 code = str(ext.get("code", ""))
-        elif isinstance(body, dict) and "error" in body:
-            message = str(body["error"])
+        elif isinstance(body, dict) and isinstance(body.get("error", body.get("err")), str):
+            message = str(body.get("error", body.get("err")))
         else:
-            lines = raw[:200].decode("utf-8", "replace").strip().splitlines()
-            message = f"HTTP {status}" + (f": {lines[0][:120]}" if lines else "")
+            message = _excerpt(status, raw)
         failure = GraphQLFailure(op, status, code, redact(message), body)
         if status in (0, 429) or status >= 500:
             return failure, retry_after

@@ -288,9 +288,13 @@ def _outcome(
     if not 200 <= status < 300:
         raise AttemptFailed(classify_response(status, payload, retry_after))
     if b"<Error>" in payload[:512]:
-        # Some stores answer 200 with an error document; treat it like the status it names.
-        code, _ = parse_s3_error(payload)
-        raise AttemptFailed(classify_response(403 if code == "AccessDenied" else 500, payload))
+        # Some stores answer 200 with an error document; treat it like the status it names,
+        # and say what really came back.
+        code, message = parse_s3_error(payload)
+        verdict = classify_response(403 if code == "AccessDenied" else 500, payload)
+        detail = f"HTTP {status} with an S3 error document: {code or 'no code'}"
+        detail += f": {message}" if message else ""
+        raise AttemptFailed(Verdict(verdict.kind, redact(detail), verdict.retry_after))
     if not etag:
         raise AttemptFailed(Verdict("fatal", f"HTTP {status} without an ETag header"))
     if body.sent != body.size:

@@ -455,7 +455,8 @@ async def test_permanent_graphql_faults_give_up_with_a_service_error(tmp_path: P
         Uploader(config(max_attempts=3)) as up,
     ):
         with pytest.raises(
-            ServiceError, match=r"^ProjectModelByName: .*429.*gave up after \d+ attempts"
+            ServiceError,
+            match=r"^ProjectModelByName: You have sent too many .*gave up after \d+ attempts",
         ):
             await Speckle(SpeckleCredentials("sandbox-token"), server=sb.url).upload(
                 up, ifc, project_id="sandbox-project"
