@@ -12,15 +12,12 @@ aiohttp server answering malformed responses.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import os
 import re
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,7 @@ from engine.sandbox.e57 import write_sample_e57
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.ifc import write_sample_ifc
 from engine.sandbox.matterport import MatterportSandboxConfig
-from engine.sandbox.server import Sandbox, SandboxConfig
+from tests.functional.servers import served_app, served_sandbox
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 TOKEN_ID, TOKEN_SECRET = "sandbox-token-id", "sandbox-token-secret"
@@ -76,54 +73,6 @@ def e57(path: Path, size: int = 64 * KiB, seed: int = 1) -> Path:
 def ifc(path: Path, size: int = 64 * KiB, seed: int = 1) -> Path:
     write_sample_ifc(path, size, seed=seed)
     return path
-
-
-class Served:
-    """An asyncio loop in a background thread that runs servers for the CLI to talk to."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, make: Callable[[], Awaitable[Any]]) -> Any:
-        async def wrapped() -> Any:
-            return await make()
-
-        return asyncio.run_coroutine_threadsafe(wrapped(), self.loop).result(timeout=30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-
-@contextmanager
-def served_sandbox(**planes: Any) -> Iterator[str]:
-    """A real sandbox (both planes) served from a background thread; yields its URL."""
-    served = Served()
-    sandbox = Sandbox(SandboxConfig(min_part_size=0, **planes))
-    try:
-        served.call(sandbox.__aenter__)
-        yield sandbox.url
-    finally:
-        served.call(lambda: sandbox.__aexit__(None, None, None))
-        served.close()
-
-
-@contextmanager
-def served_app(app: web.Application) -> Iterator[str]:
-    served = Served()
-    runner = web.AppRunner(app, access_log=None)
-    try:
-        served.call(runner.setup)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        served.call(site.start)
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        served.call(runner.cleanup)
-        served.close()
 
 
 def closed_port() -> int:
@@ -297,7 +246,8 @@ def test_bad_tokens(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     scan, model = e57(tmp_path / "scan.e57"), ifc(tmp_path / "tower.ifc")
-    with served_sandbox() as url:
+    with served_sandbox() as sb:
+        url = sb.url
         matterport_env(monkeypatch, secret="wrong-secret")
         code, _, err = run(
             capsys, "upload", str(scan), "--to", "matterport", "--organization", "sandbox-org",
@@ -344,7 +294,8 @@ def test_unknown_organization_project_model_and_quota(
             "used its quota of 0 models (quota.exceeded)"
         ),
     }
-    with served_sandbox(matterport=MatterportSandboxConfig(quota=0)) as url:
+    with served_sandbox(matterport=MatterportSandboxConfig(quota=0)) as sb:
+        url = sb.url
         for (to, flag, value), message in expected.items():
             if to == "matterport":
                 args = [str(scan), "--organization", value, "--endpoint", f"{url}/api/import/graph"]
@@ -519,7 +470,8 @@ def test_a_file_changed_while_uploading_fails_and_a_rerun_uploads_the_new_conten
         "upload", str(path), "--to", "matterport", "--organization", "sandbox-org",
         "--part-size", "256KiB", "--concurrency", "1", "--state-dir", str(state),
     ]  # fmt: skip
-    with served_sandbox(**planes) as url:
+    with served_sandbox(**planes) as sb:
+        url = sb.url
         args += ["--endpoint", f"{url}/api/import/graph"]
 
         def meddle() -> None:
