@@ -4,16 +4,19 @@ Rules:
 - discovery is recursive and never follows a symlinked directory (so a symlink loop cannot
   trap it); ``--include``/``--exclude`` globs match the path relative to DIR;
 - routing is by extension: ``.e57`` -> Matterport, ``.ifc`` -> Speckle; anything else is
-  listed as skipped with the reason;
-- every routed file is checked before anything is sent (readable, non-empty, the format's
-  header, within the platform's size limit); a file that fails the check is reported as
-  failed with the reason and the others still go;
+  listed as skipped with the reason, and so is a scan bound for the other platform;
+- every routed file is checked before anything is sent (a readable regular file, non-empty,
+  the format's header, within the platform's size limit); a file that fails the check is
+  reported as failed with the reason and the others still go;
 - all uploads share ONE ``Uploader`` (one limiter of ``--concurrency`` PUTs, one pool);
   ``--files-at-once`` bounds the files (or Matterport groups) in flight;
 - the journal lives in the state directory (default ``DIR/.upload-engine``, mode 0700): a
-  rerun skips finished files and resumes partial ones; it never holds tokens or URLs;
-- first Ctrl-C: no new parts, parts in flight get ``--grace`` seconds, the journal is
-  consistent, exit 130 with how to resume; second Ctrl-C: stop at once.
+  rerun skips finished files and resumes partial ones; it never holds tokens or URLs; a file
+  the journal knows only with another size or mtime is reported as changed, then restarted
+  or refused (``--on-change``);
+- first Ctrl-C: no new parts, parts in flight get up to ``--grace`` seconds (the exit comes
+  as soon as they are done), the journal is consistent, exit 130 with how to resume; second
+  Ctrl-C: stop at once.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +45,7 @@ from engine.config import GiB
 from engine.errors import ConfigError, InputError, InterruptedUpload, UploadError
 from engine.events import FileFailed
 from engine.formats import check_e57, check_ifc
+from engine.journal import FileState, replay
 from engine.plan import plan_parts
 from engine.progress import ProgressView, human_bytes, human_rate
 from engine.redact import redact
@@ -53,6 +57,7 @@ Status = Literal["ok", "skipped", "failed", "interrupted", "pending"]
 ROUTES: dict[str, Platform] = {".e57": "matterport", ".ifc": "speckle"}
 SPECKLE_LIMIT = 5 * GiB
 EXIT_INTERRUPTED = 130
+JOURNAL = "journal.jsonl"
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Entry:
     seconds: float = 0.0
     retries: int = 0
     parts: int = 0
+    mtime_ns: int = 0
+    changed: bool = False  # the journal knows this path only with another size or mtime
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -80,6 +87,8 @@ class Entry:
         }
         if self.group:
             out["group"] = self.group
+        if self.changed:
+            out["changed"] = True
         out.update(self.ids)
         if self.status == "ok":
             out["seconds"] = round(self.seconds, 3)
@@ -164,10 +173,10 @@ def _classify(path: Path, rel: str, include: Sequence[str], exclude: Sequence[st
     except OSError as exc:
         entry.status, entry.reason = "failed", _os_reason(exc)
         return entry
-    if not stat.S_ISREG(st.st_mode):
-        entry.status, entry.reason = "skipped", "not a regular file"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the header check; a device, worse
+        entry.status, entry.reason = "failed", "not a regular file"
         return entry
-    entry.size = st.st_size
+    entry.size, entry.mtime_ns = st.st_size, st.st_mtime_ns
     return entry
 
 
@@ -192,12 +201,29 @@ def check(entry: Entry, *, speckle_limit: int = SPECKLE_LIMIT) -> None:
         entry.status, entry.reason = "failed", _os_reason(exc)
 
 
+def mark_changed(entries: list[Entry], states: Mapping[str, FileState]) -> None:
+    """Flag files the journal has seen only with another size or mtime: a rerun restarts
+    them (or refuses them, with ``--on-change refuse``); either way the user is told."""
+    seen: dict[str, list[Mapping[str, Any]]] = {}
+    for st in states.values():
+        path = st.fingerprint.get("path")
+        if isinstance(path, str):
+            seen.setdefault(path, []).append(st.fingerprint)
+    for e in entries:
+        known = seen.get(str(e.path))
+        if e.status == "pending" and known:
+            e.changed = not any(
+                fp.get("size") == e.size and fp.get("mtime_ns") == e.mtime_ns for fp in known
+            )
+
+
 def route_to(entries: list[Entry], to: str) -> None:
-    """Skip files whose platform is not the destination."""
+    """Skip files whose platform is not the destination (even unreadable ones: they would
+    not have been sent anyway, so they must not fail this run)."""
     if to == "sandbox":
         return
     for e in entries:
-        if e.status == "pending" and e.platform != to:
+        if e.status in ("pending", "failed") and e.platform is not None and e.platform != to:
             e.status = "skipped"
             e.reason = f"{e.path.suffix} files go to {e.platform}, not {to}"
             e.platform = None
@@ -277,6 +303,9 @@ def _plan(args: argparse.Namespace) -> tuple[Path, list[Entry], dict[str, list[E
     route_to(entries, args.to)
     for e in entries:
         check(e)
+    journal = state_dir / JOURNAL
+    if journal.is_file():
+        mark_changed(entries, replay(journal.read_bytes().splitlines()))
     units = group(entries, by_folder=args.group_by == "folder", model=args.model)
     _usage(args, units)
     if not any(e.platform for e in entries if e.status != "skipped"):
@@ -300,7 +329,11 @@ async def run_import(args: argparse.Namespace) -> Outcome:
         for e in entries:
             if e.status == "failed":
                 view.print(f"{e.rel}: not uploaded: {e.reason}")
-        interrupted = await _run_units(args, units, view, state_dir / "journal.jsonl")
+        for e in entries:
+            if e.changed and e.platform == "matterport" and args.on_change == "restart":
+                # (the engine says so itself for Speckle files, whose journal key is the file's)
+                view.print(f"{e.rel}: changed since the last run: uploading it from the start")
+        interrupted = await _run_units(args, units, view, state_dir / JOURNAL)
     seconds = time.monotonic() - started
     report = _report(entries, seconds)
     if args.report:
@@ -352,16 +385,12 @@ async def _run_units(
                             return
 
             async with anyio.create_task_group() as work:
-                watcher = anyio.CancelScope()
-
-                async def watch() -> None:
-                    with watcher:
-                        await on_signals()
-
-                tg.start_soon(watch)
+                tg.start_soon(on_signals)
                 for entries in units.values():
                     work.start_soon(one, entries)
-            watcher.cancel()
+            # The work is over: end the signal watcher *and* a pending grace timer, which
+            # would otherwise hold the exit for the whole grace period after a Ctrl-C.
+            tg.cancel_scope.cancel()
     for es in units.values():
         for e in es:
             if e.status == "pending":
@@ -557,6 +586,9 @@ def _dry_run(
     for e in entries:
         if e.status in ("skipped", "failed"):
             console.print(f"{e.status}: {e.rel}: {e.reason}", markup=False)
+        elif e.changed:
+            then = "restarted" if args.on_change == "restart" else "refused (--on-change refuse)"
+            console.print(f"changed since the last run: {e.rel}: {then}", markup=False)
     total = sum(e.size for es in units.values() for e in es)
     files = sum(len(es) for es in units.values())
     line = f"{files} file(s) in {len(units)} upload(s), {human_bytes(total)}; nothing sent"

@@ -17,6 +17,7 @@ import anyio
 
 from engine.cli import (
     Outcome,
+    _size,
     add_engine_options,
     engine_config,
     md5_of,
@@ -104,6 +105,12 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
     )
     serve.add_argument("--faults", default="", help='e.g. "503=0.05,reset=0.02,throttle=0.05"')
     serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument(
+        "--min-part-size",
+        type=_size,
+        default=5 * MiB,
+        help="smallest part (but the last) the blob store and Matterport accept (default 5MiB)",
+    )
     serve.set_defaults(runner=run_sandbox_serve)
 
     from engine import bulk
@@ -451,6 +458,7 @@ async def run_demo(args: argparse.Namespace) -> Outcome:
 
 async def run_sandbox_serve(args: argparse.Namespace) -> Outcome:
     from engine.sandbox.blobstore import BlobError
+    from engine.sandbox.matterport import MatterportSandboxConfig
     from engine.sandbox.server import SandboxConfig, serve
 
     config = SandboxConfig(
@@ -460,6 +468,8 @@ async def run_sandbox_serve(args: argparse.Namespace) -> Outcome:
         discard=args.discard,
         storage_url=_storage_url(args),
         faults=fault_plan(args.faults, args.seed),
+        min_part_size=args.min_part_size,
+        matterport=MatterportSandboxConfig(min_part_size=args.min_part_size),
     )
     try:
         await serve(config)

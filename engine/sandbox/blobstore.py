@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import html
@@ -394,6 +395,8 @@ class BlobStore:
         self._stats_puts: Counter[tuple[str, int]] = Counter()
         self._stats_completed = 0
         self._stats_disconnects = 0
+        self._puts_in_flight = 0
+        self._max_puts_in_flight = 0
         self._tmp_seq = 0
         self._closing = False
         if not discard and data_dir is not None:
@@ -441,6 +444,7 @@ class BlobStore:
         self._stats_puts.clear()
         self._stats_completed = 0
         self._stats_disconnects = 0
+        self._max_puts_in_flight = self._puts_in_flight
 
     # ---- presigning ------------------------------------------------------------------------------
 
@@ -595,7 +599,9 @@ class BlobStore:
         ``bytes_received``: body bytes read (including drained and cut-off bodies);
         ``bytes_stored``: bytes of accepted parts and objects; ``faults``: injected, by kind;
         ``puts_by_part``: ``{key: {part_number: attempts}}`` for PUTs that passed the checks;
-        ``disconnects``: bodies cut short (client gone, or a ``reset``/``stall`` fault).
+        ``disconnects``: bodies cut short (client gone, or a ``reset``/``stall`` fault);
+        ``puts_in_flight`` / ``max_puts_in_flight``: PUTs past the checks whose answer is not
+        yet sent (now, and the most at once).
         """
         puts: dict[str, dict[str, int]] = {}
         for (key, part), count in sorted(self._stats_puts.items()):
@@ -609,6 +615,8 @@ class BlobStore:
             "faults": dict(sorted(self._stats_faults.items())),
             "puts_by_part": puts,
             "disconnects": self._stats_disconnects,
+            "puts_in_flight": self._puts_in_flight,
+            "max_puts_in_flight": self._max_puts_in_flight,
             "uploads_open": len(self._uploads),
             "uploads_completed": self._stats_completed,
             "parts_stored": sum(len(u.parts) for u in self._uploads.values()),
@@ -766,14 +774,24 @@ class BlobStore:
         fault = plan.decide(target.key, target.part_number, attempt)
         if fault is not None:
             self._stats_faults[fault] += 1
+        self._puts_in_flight += 1
+        self._max_puts_in_flight = max(self._max_puts_in_flight, self._puts_in_flight)
         try:
-            return await self._serve(request, target, fault, plan, request_id)
-        except BlobError as exc:
-            return self._error(exc, request_id)
+            try:
+                response = await self._serve(request, target, fault, plan, request_id)
+            except BlobError as exc:
+                response = self._error(exc, request_id)
+            # In flight until the answer is written (or the connection is found gone).
+            with contextlib.suppress(ConnectionError):
+                await response.prepare(request)
+                await response.write_eof()
+            return response
         except _ClientGoneError:
             # Nobody is listening: aiohttp drops this response quietly on the closed transport.
             self._stats_disconnects += 1
             return web.Response(status=400, headers={"x-amz-request-id": request_id})
+        finally:
+            self._puts_in_flight -= 1
 
     def _authorize(
         self,
