@@ -39,6 +39,7 @@ from engine.events import (
     Phase,
     event_to_dict,
 )
+from engine.errors import InterruptedUpload
 from engine.redact import redact
 
 __all__ = ["Mode", "ProgressView", "human_bytes", "human_rate"]
@@ -56,6 +57,12 @@ def human_bytes(n: float) -> str:
 
 def human_rate(bytes_per_second: float) -> str:
     return f"{bytes_per_second / 1e6:.1f} MB/s"
+
+
+def _failure(event: FileFailed) -> str:
+    if isinstance(event.error, InterruptedUpload):
+        return f"stopped (resumable): {event.error}"
+    return f"FAILED: {event.error}"
 
 
 class ProgressView:
@@ -206,7 +213,7 @@ class ProgressView:
                 progress.remove_task(gone)
             progress.update(self._overall, extra=self._summary())
             if isinstance(event, FileFailed):
-                self.print(f"{name}: FAILED: {event.error}")
+                self.print(f"{name}: {_failure(event)}")
 
     def _log(self, event: Event) -> None:
         name = event.path.name
@@ -230,4 +237,4 @@ class ProgressView:
                 f"({human_rate(r.throughput)}), {r.retries} retries"
             )
         elif isinstance(event, FileFailed):
-            self.print(f"{name}: FAILED: {event.error}")
+            self.print(f"{name}: {_failure(event)}")

@@ -60,3 +60,12 @@ def test_live_view_keeps_a_row_per_path_even_for_equal_names() -> None:
         assert list(view._rows) == [str(B)]
         view(finished(B, 10))
     assert view.files_done == 2 and view.sent == 10
+
+
+def test_a_stopped_file_is_not_reported_as_failed() -> None:
+    from engine.errors import InterruptedUpload
+
+    out = io.StringIO()
+    with ProgressView("log", total_files=1, total_bytes=10, stream=out) as view:
+        view(FileFailed(A, InterruptedUpload("2 of 4 parts left")))
+    assert out.getvalue() == "scan.e57: stopped (resumable): 2 of 4 parts left\n"
