@@ -28,6 +28,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from engine.errors import InterruptedUpload
 from engine.events import (
     BytesSent,
     Event,
@@ -39,7 +40,6 @@ from engine.events import (
     Phase,
     event_to_dict,
 )
-from engine.errors import InterruptedUpload
 from engine.redact import redact
 
 __all__ = ["Mode", "ProgressView", "human_bytes", "human_rate"]
