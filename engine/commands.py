@@ -19,6 +19,8 @@ from engine.cli import (
     Outcome,
     _size,
     add_engine_options,
+    credentials_env,
+    credentials_path,
     engine_config,
     md5_of,
     progress_for,
@@ -183,13 +185,15 @@ async def run_upload(args: argparse.Namespace) -> Outcome:
     raise ConfigError(f"unknown destination {to!r}; use one of: {DESTINATIONS}")
 
 
-def _from_env(read: Callable[[], T]) -> T:
-    """Credentials from the environment; missing ones are a usage error (exit 2), found before
-    anything is sent. (Credentials the platform refuses stay an ``AuthenticationError``.)"""
+def _from_env(read: Callable[[Mapping[str, str]], T]) -> T:
+    """Credentials from the environment or the credentials file (``credentials_env``); missing
+    ones are a usage error (exit 2), found before anything is sent. (Credentials the platform
+    refuses stay an ``AuthenticationError``.)"""
+    env = credentials_env()
     try:
-        return read()
+        return read(env)
     except AuthenticationError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"{exc} (or in {credentials_path(env)}, mode 600)") from None
 
 
 def _rate(size: int, seconds: float) -> float:

@@ -45,6 +45,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MATTERPORT_TOKEN_ID", "MATTERPORT_TOKEN_SECRET", "SPECKLE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.delenv("UPLOAD_ENGINE_CREDENTIALS_FILE", raising=False)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -236,6 +238,8 @@ def test_missing_token_or_argument(
     path = e57(tmp_path / "scan.e57") if to == "matterport" else ifc(tmp_path / "scan.ifc")
     code, _, err = run(capsys, "upload", str(path), "--to", to, *extra)
     assert code == EXIT_USAGE
+    if extra:  # the credentials file is the other place they may be
+        message += f" (or in {tmp_path / 'xdg-config' / 'upload-engine' / 'credentials'}, mode 600)"
     assert the_error(err) == f"upload-engine: error: {message}"
 
 

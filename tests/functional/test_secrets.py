@@ -286,3 +286,65 @@ async def test_the_sandbox_refuses_path_traversal_and_unauthenticated_requests(
                         403,
                         {"error": "Your token is not valid."},
                     )
+
+
+# ---- the credentials file ------------------------------------------------------------------------
+
+
+def test_tokens_from_a_0600_credentials_file(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    leaks: Leaks,
+) -> None:
+    for name in ("MATTERPORT_TOKEN_ID", "MATTERPORT_TOKEN_SECRET", "SPECKLE_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("UPLOAD_ENGINE_CREDENTIALS_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    creds = tmp_path / "config" / "upload-engine" / "credentials"
+    creds.parent.mkdir(parents=True)
+    creds.write_text(
+        "# upload-engine credentials\n"
+        f"MATTERPORT_TOKEN_ID={TOKEN_ID}\n"
+        f"export MATTERPORT_TOKEN_SECRET='{TOKEN_SECRET}'\n"
+        f'SPECKLE_TOKEN="{SPECKLE_TOKEN}"\n'
+    )
+    creds.chmod(0o600)
+    scan, model = tmp_path / "scan.e57", tmp_path / "tower.ifc"
+    write_sample_e57(scan, 64 * KiB, seed=1)
+    write_sample_ifc(model, 64 * KiB, seed=1)
+    state = ["--state-dir", str(tmp_path / "state")]
+    with served_sandbox(**PLANES) as sb:
+        leaks.watch(sb)
+        mp = ["--endpoint", f"{sb.url}/api/import/graph", "--organization", "sandbox-org"]
+        assert run(capsys, leaks, "upload", str(scan), "--to", "matterport", *mp, *state)[0] == 0
+        sp = ["--server", sb.url, "--project", "sandbox-project", *state]
+        assert run(capsys, leaks, "upload", str(model), "--to", "speckle", *sp)[0] == 0
+
+        # The environment wins over the file.
+        monkeypatch.setenv("SPECKLE_TOKEN", "not-the-token")
+        write_sample_ifc(model, 64 * KiB, seed=2)
+        code, _, err = run(capsys, leaks, "upload", str(model), "--to", "speckle", *sp)
+        assert code == 1 and "SPECKLE_TOKEN is not valid" in err
+        monkeypatch.delenv("SPECKLE_TOKEN")
+
+        # Open to others: refused before anything is sent, and nothing of it is shown.
+        creds.chmod(0o644)
+        code, _, err = run(capsys, leaks, "upload", str(model), "--to", "speckle", *sp)
+        assert code == 2
+        assert err == (
+            f"upload-engine: error: credentials file {creds} is open to group or others "
+            f"(mode 0644): run chmod 600 {creds}\n"
+        )
+        creds.chmod(0o600)
+        creds.write_text(f"SPECKLE-TOKEN: {SPECKLE_TOKEN}\n")
+        code, _, err = run(capsys, leaks, "upload", str(model), "--to", "speckle", *sp)
+        assert code == 2 and f"credentials file {creds}, line 1: expected KEY=VALUE" in err
+
+        monkeypatch.setenv("UPLOAD_ENGINE_CREDENTIALS_FILE", str(tmp_path / "missing"))
+        code, _, err = run(capsys, leaks, "upload", str(model), "--to", "speckle", *sp)
+        assert code == 2
+        assert err == (
+            f"upload-engine: error: UPLOAD_ENGINE_CREDENTIALS_FILE: {tmp_path / 'missing'}: "
+            "no such file\n"
+        )
