@@ -472,6 +472,7 @@ class _destinations:
         self._sandbox: Any = None
 
     async def __aenter__(self) -> _Dest:
+        from engine.commands import read_credentials
         from engine.providers.matterport import Matterport, MatterportCredentials
         from engine.providers.speckle import Speckle, SpeckleCredentials
 
@@ -506,11 +507,11 @@ class _destinations:
             return dest
         if args.to == "matterport":
             kw = {"endpoint": args.endpoint} if args.endpoint else {}
-            dest.matterport = Matterport(MatterportCredentials.from_env(), **kw)
+            dest.matterport = Matterport(read_credentials(MatterportCredentials.from_env), **kw)
             dest.organization = args.organization
         else:
             kw = {"server": args.server} if args.server else {}
-            dest.speckle = Speckle(SpeckleCredentials.from_env(), **kw)
+            dest.speckle = Speckle(read_credentials(SpeckleCredentials.from_env), **kw)
             dest.project = args.project
         return dest
 

@@ -185,7 +185,7 @@ async def run_upload(args: argparse.Namespace) -> Outcome:
     raise ConfigError(f"unknown destination {to!r}; use one of: {DESTINATIONS}")
 
 
-def _from_env(read: Callable[[Mapping[str, str]], T]) -> T:
+def read_credentials(read: Callable[[Mapping[str, str]], T]) -> T:
     """Credentials from the environment or the credentials file (``credentials_env``); missing
     ones are a usage error (exit 2), found before anything is sent. (Credentials the platform
     refuses stay an ``AuthenticationError``.)"""
@@ -220,7 +220,7 @@ async def _upload_matterport(
             journal_path: Path | None = None  # a fresh sandbox cannot resume an old session
             poll = 0.05
         else:
-            creds = _from_env(MatterportCredentials.from_env)
+            creds = read_credentials(MatterportCredentials.from_env)
             endpoint = args.endpoint or "https://api.matterport.com/api/import/graph"
             if not args.organization:
                 raise ConfigError("--organization is required for --to matterport")
@@ -281,7 +281,7 @@ async def _upload_speckle(
                 0.05,
             )
         else:
-            creds = _from_env(SpeckleCredentials.from_env)
+            creds = read_credentials(SpeckleCredentials.from_env)
             if not args.project:
                 raise ConfigError("--project is required for --to speckle")
             server = args.server or "https://app.speckle.systems"

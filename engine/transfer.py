@@ -25,7 +25,13 @@ import aiohttp
 import anyio
 
 from engine.config import UploadConfig
-from engine.errors import InterruptedUpload, PartRejectedError, RetriesExhaustedError, UploadError
+from engine.errors import (
+    InputError,
+    InterruptedUpload,
+    PartRejectedError,
+    RetriesExhaustedError,
+    UploadError,
+)
 from engine.events import (
     BytesSent,
     EventHook,
@@ -100,6 +106,13 @@ class Engine:
         """Upload one file to ``target``; raise one ``UploadError`` if it fails."""
         try:
             return await self._upload_file(info, target)
+        except InputError as exc:
+            # Reads deep in the data path know offsets, not names: say which file it was.
+            named = exc if str(info.path) in str(exc) else type(exc)(f"{info.path}: {exc}")
+            self.emit(FileFailed(info.path, named))
+            if named is exc:
+                raise
+            raise named from exc
         except UploadError as exc:
             self.emit(FileFailed(info.path, exc))
             raise

@@ -422,6 +422,7 @@ class SpeckleFileTarget(Target):
                 s.endpoint,
                 headers=s.credentials.headers(),
                 classify=classify,
+                max_attempts=ctx.config.max_attempts,
                 backoff_base=ctx.config.backoff_base,
                 backoff_cap=ctx.config.backoff_cap,
                 sleep=s.sleep,

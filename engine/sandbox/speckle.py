@@ -1074,8 +1074,12 @@ class SpecklePlane:
     async def _judge(self, record: IngestionRecord) -> Verdict:
         if record.forced is not None:
             return Verdict(record.forced, _FORCED_MESSAGES[record.forced])
-        path = self.store.object_path(self._blobs[record.file_id].key)
-        reason = await anyio.to_thread.run_sync(check_blob, path, record.file_name)
+        key = self._blobs[record.file_id].key
+
+        def check() -> str | None:  # object_path may download (S3 storage): off the loop
+            return check_blob(self.store.object_path(key), record.file_name)
+
+        reason = await anyio.to_thread.run_sync(check)
         return Verdict("success") if reason is None else Verdict("failed", reason)
 
     def _settle(self, ingestion_id: str, verdict: Verdict) -> IngestionRecord:
