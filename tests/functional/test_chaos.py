@@ -333,8 +333,19 @@ def test_bulk_import_survives_faults_on_every_path(
     files = orjson.loads(report.read_bytes())["files"]
     assert sorted(f["status"] for f in files) == ["ok"] * 5 + ["skipped"]
     (sb,) = RecordingSandbox.made
+    # Every file delivered once, byte-identical: what the platforms took (models made from
+    # committed sessions, ingested Speckle blobs), not every object in storage. Storage may
+    # also hold a Speckle blob abandoned for a fresh fileId after an expired URL, as it would
+    # on the real platform; it is never registered, so it makes no model version.
+    mp = next(p for p in sb.planes if isinstance(p, MatterportPlane))
+    sp = next(p for p in sb.planes if isinstance(p, SpecklePlane))
+    delivered = [
+        mp.md5_of(sid, cid) for sid, s in mp.sessions.items() if s.model_id for cid in s.files
+    ]
+    delivered += list(sp.ingested_md5.values())
+    assert sorted(md5 or "" for md5 in delivered) == sorted(sources.values())
     stored = [md5_file(p) for p in sorted((state / "sandbox" / "objects").iterdir())]
-    assert sorted(stored) == sorted(sources.values())  # every file, byte-identical, once
+    assert set(stored) == set(sources.values())  # nothing else was stored
     assert_within_budget(sb, [])
     faults = blob_faults(sb) + plane_faults(sb)
     assert sum(faults.values()) >= 3, faults
