@@ -5,16 +5,11 @@ resumes with ListParts and sends only the missing parts; failures map to engine 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
-import moto.server as moto_server
 import pytest
 
 from engine import (
@@ -30,51 +25,18 @@ from engine.errors import ConfigError
 from engine.events import Event
 from engine.providers.s3 import S3Target, parse_s3_url
 
-BUCKET = "scans"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    port = _free_port()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+from .conftest import s3_client
 
 
 @pytest.fixture
-def creds(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-def _client(endpoint: str) -> Any:
-    import botocore.session
-
-    return botocore.session.get_session().create_client(
-        "s3", region_name="us-east-1", endpoint_url=endpoint
-    )
+def endpoint(moto_endpoint: str) -> str:
+    """The session's moto S3 server (``tests/integration/conftest.py``)."""
+    return moto_endpoint
 
 
 @pytest.fixture
-def bucket(endpoint: str, creds: None) -> str:
-    c = _client(endpoint)
-    with contextlib.suppress(c.exceptions.BucketAlreadyOwnedByYou):
-        c.create_bucket(Bucket=BUCKET)
-    return BUCKET
+def bucket(s3_bucket: str) -> str:
+    return s3_bucket
 
 
 def _sample(path: Path, size: int) -> bytes:
@@ -109,7 +71,7 @@ def test_multipart_upload_arrives_byte_identical(
         assert result.remote["etag"] == _multipart_etag(data, part)
 
     anyio.run(main)
-    got = _client(endpoint).get_object(Bucket=bucket, Key="in/scan.e57")
+    got = s3_client(endpoint).get_object(Bucket=bucket, Key="in/scan.e57")
     assert got["Body"].read() == data
     assert got["ETag"] == _multipart_etag(data, part)
 
@@ -124,7 +86,7 @@ def test_small_file_is_one_presigned_put(tmp_path: Path, endpoint: str, bucket: 
         assert result.remote["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
 
     anyio.run(main)
-    assert _client(endpoint).get_object(Bucket=bucket, Key="small.ifc")["Body"].read() == data
+    assert s3_client(endpoint).get_object(Bucket=bucket, Key="small.ifc")["Body"].read() == data
 
 
 def test_a_rerun_resumes_the_journaled_upload(tmp_path: Path, endpoint: str, bucket: str) -> None:
@@ -164,7 +126,7 @@ def test_a_rerun_resumes_the_journaled_upload(tmp_path: Path, endpoint: str, buc
 
     anyio.run(second)
     assert sorted(sent) == [2, 3, 4]
-    got = _client(endpoint).get_object(Bucket=bucket, Key="big.e57")
+    got = s3_client(endpoint).get_object(Bucket=bucket, Key="big.e57")
     assert got["Body"].read() == data
 
 
