@@ -29,7 +29,8 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +49,8 @@ from engine.formats import check_e57, check_ifc
 from engine.journal import FileState, replay
 from engine.plan import plan_parts
 from engine.progress import ProgressView, human_bytes, human_rate
+from engine.providers.matterport import Matterport, MatterportCredentials
+from engine.providers.speckle import Speckle, SpeckleCredentials
 from engine.redact import redact
 
 __all__ = ["Entry", "discover", "register"]
@@ -464,61 +467,34 @@ class _Dest:
         self.project = ""
 
 
-class _destinations:
-    """The platforms to talk to: real ones from the environment, or an in-process sandbox."""
+@asynccontextmanager
+async def _destinations(args: argparse.Namespace) -> AsyncIterator[_Dest]:
+    """The platforms to talk to: real ones (credentials from the environment or the
+    credentials file), or both planes of an in-process sandbox."""
+    from engine.commands import read_credentials, sandbox, sandbox_matterport, sandbox_speckle
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
-        self._sandbox: Any = None
-
-    async def __aenter__(self) -> _Dest:
-        from engine.commands import read_credentials
-        from engine.providers.matterport import Matterport, MatterportCredentials
-        from engine.providers.speckle import Speckle, SpeckleCredentials
-
-        args, dest = self.args, _Dest()
-        if args.to == "sandbox":
-            from engine.commands import fault_plan
-            from engine.sandbox.matterport import MatterportSandboxConfig
-            from engine.sandbox.server import Sandbox, SandboxConfig
-            from engine.sandbox.speckle import SpeckleSandboxConfig
-
-            mp, sp = MatterportSandboxConfig(), SpeckleSandboxConfig()
-            self._sandbox = Sandbox(
-                SandboxConfig(
-                    data_dir=args.state_dir / "sandbox" if args.state_dir else None,
-                    faults=fault_plan(args.sandbox_faults),
-                    matterport=mp,
-                    speckle=sp,
-                )
-            )
-            sb = await self._sandbox.__aenter__()
-            token_id, secret = mp.credentials[0]
-            dest.matterport = Matterport(
-                MatterportCredentials(token_id, secret),
-                endpoint=f"{sb.url}/api/import/graph",
-                poll_interval=0.05,
-            )
-            dest.organization = args.organization or sorted(mp.organizations)[0]
-            dest.speckle = Speckle(
-                SpeckleCredentials(next(iter(sp.tokens))), server=sb.url, poll_interval=0.05
-            )
-            dest.project = args.project or sorted(sp.projects)[0]
-            return dest
-        if args.to == "matterport":
-            kw = {"endpoint": args.endpoint} if args.endpoint else {}
-            dest.matterport = Matterport(read_credentials(MatterportCredentials.from_env), **kw)
-            dest.organization = args.organization
-        else:
-            kw = {"server": args.server} if args.server else {}
-            dest.speckle = Speckle(read_credentials(SpeckleCredentials.from_env), **kw)
-            dest.project = args.project
-        return dest
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._sandbox is not None:
-            with anyio.CancelScope(shield=True):
-                await self._sandbox.__aexit__(None, None, None)
+    dest = _Dest()
+    if args.to == "sandbox":
+        data_dir = args.state_dir / "sandbox" if args.state_dir else None
+        running = sandbox(data_dir, args.sandbox_faults)
+        sb = await running.__aenter__()
+        try:
+            dest.matterport, dest.organization = sandbox_matterport(sb, args.organization)
+            dest.speckle, dest.project = sandbox_speckle(sb, args.project)
+            yield dest
+        finally:
+            with anyio.CancelScope(shield=True):  # a second Ctrl-C still closes the server
+                await running.__aexit__(None, None, None)
+        return
+    if args.to == "matterport":
+        kw = {"endpoint": args.endpoint} if args.endpoint else {}
+        dest.matterport = Matterport(read_credentials(MatterportCredentials.from_env), **kw)
+        dest.organization = args.organization
+    else:
+        kw = {"server": args.server} if args.server else {}
+        dest.speckle = Speckle(read_credentials(SpeckleCredentials.from_env), **kw)
+        dest.project = args.project
+    yield dest
 
 
 # ----------------------------------------------------------------------------------------------

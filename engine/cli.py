@@ -25,7 +25,6 @@ from typing import Any
 import anyio
 import orjson
 
-from engine.client import Uploader
 from engine.config import MiB, UploadConfig
 from engine.errors import ConfigError, InputError, SourceChangedError, UploadError
 from engine.events import Event, FileFailed
@@ -300,10 +299,6 @@ def progress_for(args: argparse.Namespace, *, files: int, total: int) -> Iterato
     kind = _OneFileView if files == 1 else ProgressView
     with kind(view_mode(args), total_files=files, total_bytes=total) as view:
         yield view
-
-
-def uploader_for(args: argparse.Namespace, view: ProgressView, *, journal: Path | None) -> Uploader:
-    return Uploader(engine_config(args), on_event=view, journal=journal)
 
 
 if __name__ == "__main__":  # pragma: no cover

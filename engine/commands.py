@@ -32,6 +32,8 @@ from engine.config import MiB
 from engine.errors import AuthenticationError, ConfigError, RemoteError
 from engine.models import FileInfo, PartLimits, PartResult, UploadResult
 from engine.progress import ProgressView, human_bytes, human_rate
+from engine.providers.matterport import Matterport, MatterportCredentials
+from engine.providers.speckle import Speckle, SpeckleCredentials
 from engine.target import PresignedMultipart
 
 __all__ = ["register"]
@@ -136,11 +138,34 @@ def fault_plan(spec: str, seed: int = 0) -> Any:
 @asynccontextmanager
 async def sandbox(data_dir: Path | None, faults: str = "", **planes: Any) -> AsyncIterator[Any]:
     """An in-process sandbox with both control planes."""
+    from engine.sandbox.matterport import MatterportSandboxConfig
     from engine.sandbox.server import Sandbox, SandboxConfig
+    from engine.sandbox.speckle import SpeckleSandboxConfig
 
+    planes.setdefault("matterport", MatterportSandboxConfig())
+    planes.setdefault("speckle", SpeckleSandboxConfig())
     config = SandboxConfig(data_dir=data_dir, faults=fault_plan(faults), **planes)
     async with Sandbox(config) as sb:
         yield sb
+
+
+def sandbox_matterport(sb: Any, organization: str | None = None) -> tuple[Matterport, str]:
+    """A client of a running ``sandbox()``'s Matterport plane, with the plane's own credentials,
+    and the organization to use (the plane's first unless one is given)."""
+    mp = sb.config.matterport
+    client = Matterport(
+        MatterportCredentials(*mp.credentials[0]),
+        endpoint=f"{sb.url}/api/import/graph",
+        poll_interval=0.05,
+    )
+    return client, organization or sorted(mp.organizations)[0]
+
+
+def sandbox_speckle(sb: Any, project: str | None = None) -> tuple[Speckle, str]:
+    """A client of a running ``sandbox()``'s Speckle plane, and the project to use."""
+    sp = sb.config.speckle
+    client = Speckle(SpeckleCredentials(next(iter(sp.tokens))), server=sb.url, poll_interval=0.05)
+    return client, project or sorted(sp.projects)[0]
 
 
 def sandbox_target(sb: Any, info: FileInfo) -> PresignedMultipart:
@@ -203,32 +228,23 @@ def _rate(size: int, seconds: float) -> float:
 async def _upload_matterport(
     args: argparse.Namespace, infos: list[FileInfo], view: ProgressView, journal: Path
 ) -> Outcome:
-    from engine.providers.matterport import Matterport, MatterportCredentials
-
     started = time.monotonic()
     async with AsyncExitStack() as stack:
         if args.to == "sandbox-matterport":
-            from engine.sandbox.matterport import MatterportSandboxConfig
-
-            mp = MatterportSandboxConfig()
-            sb = await stack.enter_async_context(
-                sandbox(args.sandbox_dir, args.sandbox_faults, matterport=mp)
-            )
-            creds = MatterportCredentials(*mp.credentials[0])
-            endpoint = f"{sb.url}/api/import/graph"
-            org = args.organization or sorted(mp.organizations)[0]
+            sb = await stack.enter_async_context(sandbox(args.sandbox_dir, args.sandbox_faults))
+            matterport, org = sandbox_matterport(sb, args.organization)
             journal_path: Path | None = None  # a fresh sandbox cannot resume an old session
-            poll = 0.05
         else:
-            creds = read_credentials(MatterportCredentials.from_env)
             endpoint = args.endpoint or "https://api.matterport.com/api/import/graph"
             if not args.organization:
                 raise ConfigError("--organization is required for --to matterport")
-            org, journal_path, poll = args.organization, journal, 2.0
+            creds = read_credentials(MatterportCredentials.from_env)
+            matterport, org = Matterport(creds, endpoint=endpoint), args.organization
+            journal_path = journal
         up = await stack.enter_async_context(
             Uploader(engine_config(args), on_event=view, journal=journal_path)
         )
-        result = await Matterport(creds, endpoint=endpoint, poll_interval=poll).import_files(
+        result = await matterport.import_files(
             up,
             [i.path for i in infos],
             organization=org,
@@ -258,8 +274,6 @@ async def _upload_matterport(
 async def _upload_speckle(
     args: argparse.Namespace, infos: list[FileInfo], view: ProgressView, journal: Path
 ) -> Outcome:
-    from engine.providers.speckle import Speckle, SpeckleCredentials
-
     if args.model and args.model_id:
         raise ConfigError("give --model or --model-id, not both")
     started = time.monotonic()
@@ -267,29 +281,18 @@ async def _upload_speckle(
     size = 0
     async with AsyncExitStack() as stack:
         if args.to == "sandbox-speckle":
-            from engine.sandbox.speckle import SpeckleSandboxConfig
-
-            sp = SpeckleSandboxConfig()
-            sb = await stack.enter_async_context(
-                sandbox(args.sandbox_dir, args.sandbox_faults, speckle=sp)
-            )
-            creds = SpeckleCredentials(next(iter(sp.tokens)))
-            server, project, journal_path, poll = (
-                sb.url,
-                args.project or sorted(sp.projects)[0],
-                None,
-                0.05,
-            )
+            sb = await stack.enter_async_context(sandbox(args.sandbox_dir, args.sandbox_faults))
+            speckle, project = sandbox_speckle(sb, args.project)
+            journal_path: Path | None = None  # a fresh sandbox cannot resume an old upload
         else:
-            creds = read_credentials(SpeckleCredentials.from_env)
             if not args.project:
                 raise ConfigError("--project is required for --to speckle")
-            server = args.server or "https://app.speckle.systems"
-            project, journal_path, poll = args.project, journal, 1.0
+            creds = read_credentials(SpeckleCredentials.from_env)
+            speckle = Speckle(creds, server=args.server or "https://app.speckle.systems")
+            project, journal_path = args.project, journal
         up = await stack.enter_async_context(
             Uploader(engine_config(args), on_event=view, journal=journal_path)
         )
-        speckle = Speckle(creds, server=server, poll_interval=poll)
         for info in infos:
             r = await speckle.upload(
                 up, info.path, project_id=project, model_name=args.model, model_id=args.model_id
@@ -397,9 +400,8 @@ async def _upload_sandbox(
 
 
 async def run_demo(args: argparse.Namespace) -> Outcome:
-    from engine.providers.matterport import Matterport, MatterportCredentials
     from engine.sandbox.e57 import write_sample_e57
-    from engine.sandbox.matterport import MatterportPlane, MatterportSandboxConfig
+    from engine.sandbox.matterport import MatterportPlane
 
     base: Path = args.dir
     await anyio.Path(base).mkdir(parents=True, exist_ok=True)
@@ -411,17 +413,15 @@ async def run_demo(args: argparse.Namespace) -> Outcome:
         await anyio.to_thread.run_sync(write_sample_e57, sample, size)
     source_md5 = await anyio.to_thread.run_sync(md5_of, sample)
     info = FileInfo.of(sample)
-    mp_config = MatterportSandboxConfig()
-    creds = MatterportCredentials(*mp_config.credentials[0])
-    org = sorted(mp_config.organizations)[0]
     say.print(f"starting the sandbox (faults: {args.faults or 'none'})")
     with progress_for(args, files=1, total=info.size) as view:
-        async with sandbox(base / "sandbox", args.faults, matterport=mp_config) as sb:
+        async with sandbox(base / "sandbox", args.faults) as sb:
             started = time.monotonic()
             async with Uploader(engine_config(args), on_event=view) as up:
-                result = await Matterport(
-                    creds, endpoint=f"{sb.url}/api/import/graph", poll_interval=0.1
-                ).import_files(up, [sample], organization=org, name="upload-engine demo")
+                matterport, org = sandbox_matterport(sb)
+                result = await matterport.import_files(
+                    up, [sample], organization=org, name="upload-engine demo"
+                )
             seconds = time.monotonic() - started
             url = sb.url
             plane = next(p for p in sb.planes if isinstance(p, MatterportPlane))
