@@ -26,6 +26,7 @@ sandbox: venv
 lint: venv
 	$(BIN)/ruff format --check engine tests benchmarks
 	$(BIN)/ruff check engine tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: venv
 	$(BIN)/mypy --strict engine

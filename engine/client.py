@@ -11,8 +11,7 @@ one after another, shares ``config.concurrency`` connections.
 from __future__ import annotations
 
 import os
-import random
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -20,12 +19,13 @@ from typing import Self
 import aiohttp
 import anyio
 
+from engine.clock import Clock, SystemClock
 from engine.config import UploadConfig
 from engine.errors import ConfigError, UploadError
 from engine.events import Event, EventHook
 from engine.journal import Journal
 from engine.models import FileInfo, UploadResult
-from engine.target import Target
+from engine.target import OnChange, Services, Target
 from engine.transfer import Engine
 
 __all__ = ["Uploader"]
@@ -44,7 +44,11 @@ class Uploader:
     on_event:  called on the loop with every ``engine.events`` record.
     journal:   path of a resume journal (append-only JSON lines); ``None`` keeps it in memory.
     on_change: a journaled file whose size/mtime changed: ``"restart"`` it or ``"refuse"``.
-    sleep:     injected wait (tests pass a no-op to switch backoff waiting off).
+    clock:     what waits, tells the time and draws jitter (``engine.clock.FakeClock`` in tests
+               switches every backoff and polling wait off); default the system clock.
+
+    Platform entry points (``Matterport.import_files``, ``Speckle.upload``) take the open
+    ``Uploader`` and use only its ``services``.
     """
 
     def __init__(
@@ -54,9 +58,8 @@ class Uploader:
         session: aiohttp.ClientSession | None = None,
         on_event: EventHook | None = None,
         journal: str | os.PathLike[str] | None = None,
-        on_change: str = "restart",
-        sleep: Callable[[float], Awaitable[None]] | None = None,
-        rng: random.Random | None = None,
+        on_change: OnChange = "restart",
+        clock: Clock | None = None,
     ) -> None:
         if on_change not in ("restart", "refuse"):
             raise ConfigError(f"on_change must be 'restart' or 'refuse', got {on_change!r}")
@@ -64,9 +67,8 @@ class Uploader:
         self._session = session
         self._on_event = on_event or _ignore
         self._journal_path = journal
-        self._on_change = on_change
-        self._sleep = sleep or anyio.sleep
-        self._rng = rng
+        self._on_change: OnChange = on_change
+        self._clock = clock or SystemClock()
         self._owned: list[aiohttp.ClientSession] = []
         self._engine: Engine | None = None
         self._journal: Journal | None = None
@@ -119,8 +121,7 @@ class Uploader:
             control=control,
             journal=journal,
             emit=self._on_event,
-            sleep=self._sleep,
-            rng=self._rng,
+            clock=self._clock,
             on_change=self._on_change,
         )
         return self
@@ -140,16 +141,29 @@ class Uploader:
             await s.close()
         self._owned.clear()
 
-    @property
-    def engine(self) -> Engine:
-        """The running engine (for providers that drive several files through one budget)."""
+    def _running(self) -> Engine:
         if self._engine is None:
             raise RuntimeError("use 'async with Uploader(...) as up:' before uploading")
         return self._engine
 
+    @property
+    def services(self) -> Services:
+        """What providers may use (``engine.target.Services``) while the uploader is open."""
+        return self._running()
+
+    @property
+    def stopping(self) -> bool:
+        """True once ``drain`` was called."""
+        return self._engine is not None and self._engine.stopping
+
+    def drain(self) -> None:
+        """Graceful stop: start no new part and no retry; parts in flight finish, and files
+        with parts left fail with ``InterruptedUpload`` (their journal lets a rerun resume)."""
+        self._running().drain()
+
     async def upload(self, path: str | os.PathLike[str], target: Target) -> UploadResult:
         """Upload one file; return its result or raise one ``UploadError``."""
-        return await self.engine.upload_file(FileInfo.of(path), target)
+        return await self._running().upload_file(FileInfo.of(path), target)
 
     async def upload_many(
         self,

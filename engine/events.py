@@ -101,7 +101,7 @@ def event_to_dict(event: Event) -> dict[str, Any]:
                 "seconds": round(value.seconds, 3),
                 "parts": len(value.parts),
                 "retries": value.retries,
-                "remote": dict(value.remote),
+                "remote": value.remote.to_record(),
             }
         elif isinstance(value, BaseException):
             value = str(value)

@@ -10,28 +10,39 @@ Rules:
 - a body that is not GraphQL JSON (an HTML error page, a proxy's text) is reported with its
   status and its title or first line, never as a parse traceback; with HTTP 200 it is a
   ``ServiceError`` at once (a wrong URL or a portal page does not heal on retry);
-- credentials are sent in a header only; every message is redacted.
+- credentials are sent in a header only; every message is redacted;
+- answers are read with ``dig`` / ``need_*``: a missing or mistyped field is a ``ServiceError``
+  naming the operation and the field, never a ``KeyError``.
 """
 
 from __future__ import annotations
 
 import html
 import os
-import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import anyio
 import orjson
 
+from engine.clock import Clock
 from engine.errors import RemoteError, ServiceError
 from engine.redact import redact
-from engine.retry import backoff_delay, parse_retry_after
+from engine.retry import RetryPolicy, parse_retry_after
+from engine.wait import Attempts
 
-__all__ = ["Classify", "GraphQLClient", "GraphQLFailure"]
+__all__ = [
+    "Classify",
+    "GraphQLClient",
+    "GraphQLFailure",
+    "dig",
+    "need_int",
+    "need_obj",
+    "need_str",
+    "operation_name",
+]
 
 _OP_RE = re.compile(r"\b(?:query|mutation)\s+(\w+)")
 _TITLE_RE = re.compile(r"<(?:title|h1)[^>]*>(.*?)</(?:title|h1)>", re.IGNORECASE | re.DOTALL)
@@ -83,6 +94,46 @@ def operation_name(document: str) -> str:
     return m.group(1) if m else "graphql"
 
 
+# ---- reading answers -----------------------------------------------------------------------------
+
+
+def dig(data: Any, *keys: str) -> Any:
+    """``data[k1][k2]...``, or ``None`` where a level is missing or not an object."""
+    for key in keys:
+        if not isinstance(data, Mapping):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _malformed(op: str, platform: str, what: str) -> ServiceError:
+    return ServiceError(f"{op}: malformed answer from {platform} ({what})")
+
+
+def need_obj(value: Any, op: str, platform: str) -> dict[str, Any]:
+    """``value`` as a JSON object, else a ``ServiceError``."""
+    if not isinstance(value, dict):
+        raise _malformed(op, platform, "expected an object")
+    return value
+
+
+def need_str(value: Any, op: str, platform: str, name: str) -> str:
+    """``value`` as a non-empty string, else a ``ServiceError`` naming the field."""
+    if not isinstance(value, str) or not value:
+        raise _malformed(op, platform, f"no {name}")
+    return value
+
+
+def need_int(value: Any, op: str, platform: str, name: str) -> int:
+    """``value`` as an integer (GraphQL ``Long`` may come as a string), else a ``ServiceError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _malformed(op, platform, f"{name} is not a number")
+    try:
+        return int(value)
+    except ValueError:
+        raise _malformed(op, platform, f"{name} is not a number") from None
+
+
 class GraphQLClient:
     """Posts GraphQL documents to one endpoint with one set of credentials."""
 
@@ -93,21 +144,15 @@ class GraphQLClient:
         *,
         headers: Mapping[str, str],
         classify: Classify,
-        max_attempts: int = 6,
-        backoff_base: float = 0.25,
-        backoff_cap: float = 10.0,
-        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-        rng: random.Random | None = None,
+        policy: RetryPolicy,
+        clock: Clock,
     ) -> None:
         self._http = http
         self.endpoint = endpoint
         self._headers = {"Content-Type": "application/json", **headers}
         self._classify = classify
-        self._max_attempts = max_attempts
-        self._base = backoff_base
-        self._cap = backoff_cap
-        self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._policy = policy
+        self._clock = clock
         self.calls: list[str] = []  # operation names in the order they were sent
 
     def __repr__(self) -> str:
@@ -123,23 +168,20 @@ class GraphQLClient:
         """Run one operation and return its ``data``; raise a ``RemoteError`` on failure."""
         op = operation_name(document)
         payload = orjson.dumps({"query": document, "variables": dict(variables or {})})
-        attempts = self._max_attempts
-        for attempt in range(1, attempts + 1):
+        async for attempt in Attempts(self._policy, self._clock):
             self.calls.append(op)
             outcome = await self._attempt(op, payload)
             if isinstance(outcome, dict):
                 return outcome
             if isinstance(outcome, RemoteError):
                 raise outcome
-            failure, wait = outcome
-            if attempt == attempts or (not retry and failure.status != 429):
+            failure, attempt.retry_after = outcome
+            if attempt.last or (not retry and failure.status != 429):
+                n = attempt.number
                 raise ServiceError(
-                    f"{op}: {failure.message}"
-                    + (f" (gave up after {attempt} attempts)" if attempt > 1 else ""),
+                    f"{op}: {failure.message}" + (f" (gave up after {n} attempts)" if n > 1 else ""),
                     code=failure.code,
                 )
-            delay = backoff_delay(attempt, base=self._base, cap=self._cap, rng=self._rng)
-            await self._sleep(min(wait, self._cap) if wait is not None else delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Self
 
 from engine.errors import SourceError
 
@@ -16,6 +17,8 @@ __all__ = [
     "PartRequest",
     "PartResult",
     "PartSpec",
+    "PresignedRemote",
+    "Remote",
     "UploadResult",
 ]
 
@@ -94,6 +97,32 @@ class FileInfo:
         return {"path": str(self.path), "size": self.size, "mtime_ns": self.mtime_ns}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Remote:
+    """Where a file landed on its platform: each platform's subclass names its ids."""
+
+    def to_record(self) -> dict[str, Any]:
+        """The ids as a JSON-ready mapping (for the journal, reports and ``--json``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        """Rebuild from ``to_record``'s output (a journaled ``done``); missing ids are ""."""
+        return cls(**{f.name: record.get(f.name, "") for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PresignedRemote(Remote):
+    """Whatever a ``PresignedMultipart`` caller's ``complete`` returned."""
+
+    ids: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        ids = record.get("ids")
+        return cls(ids={str(k): str(v) for k, v in ids.items()} if isinstance(ids, dict) else {})
+
+
 @dataclass(frozen=True, slots=True)
 class UploadResult:
     """One file's upload: what went where, and what it cost."""
@@ -104,7 +133,7 @@ class UploadResult:
     seconds: float
     bytes_sent: int
     retries: int
-    remote: Mapping[str, str] = field(default_factory=dict)
+    remote: Remote = field(default_factory=PresignedRemote)
 
     @property
     def throughput(self) -> float:

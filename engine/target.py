@@ -1,5 +1,10 @@
 """The contract between the scheduler and a destination (a platform, a bucket, a caller).
 
+``Services`` is everything a provider may use, handed in by ``Uploader``: the control-plane
+HTTP session, the configuration, the retry policy, the clock, the journal for a key, the event
+hook, the stop flag, and ``transfer`` (send one file's parts through the shared budget). A
+provider never reaches into the engine or the client beyond it.
+
 The scheduler drives a ``Target`` for one file, in this order:
 
 1. ``prepare(ctx)``         create or resume the remote upload; return the part limits;
@@ -7,10 +12,11 @@ The scheduler drives a ``Target`` for one file, in this order:
 3. ``stored_parts(plan, ctx)``  parts the remote already holds (resume); default: the journal;
 4. ``part_request(part, ctx, refresh=...)`` for each part it sends (``refresh=True`` after
    an expired URL: the target must return a fresh one);
-5. ``complete(parts, ctx)``  hand the ETags (in part order) to the platform; return its ids.
+5. ``complete(parts, ctx)``  hand the ETags (in part order) to the platform; return where the
+   file landed (a ``Remote`` of the target's ``remote_type``).
 
-Targets record their platform ids in ``ctx.journal`` (never URLs or tokens) so a rerun can
-resume the same remote upload.
+Targets record their platform ids in ``ctx.journal`` as typed facts (never URLs or tokens) so a
+rerun can resume the same remote upload.
 """
 
 from __future__ import annotations
@@ -19,16 +25,78 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from inspect import isawaitable
-
-import aiohttp
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from engine.config import UploadConfig
-from engine.events import EventHook, Phase
-from engine.journal import FileJournal
-from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec
+from engine.events import Event, Phase
+from engine.journal import FileJournal, JournalKey, presigned_key
+from engine.models import (
+    FileInfo,
+    PartLimits,
+    PartRequest,
+    PartResult,
+    PartSpec,
+    PresignedRemote,
+    Remote,
+    UploadResult,
+)
 from engine.plan import S3_LIMITS
 
-__all__ = ["PresignedMultipart", "Target", "TargetContext"]
+if TYPE_CHECKING:
+    import aiohttp
+
+    from engine.clock import Clock
+    from engine.retry import RetryPolicy
+
+__all__ = ["HasServices", "OnChange", "PresignedMultipart", "Services", "Target", "TargetContext"]
+
+OnChange = Literal["restart", "refuse"]
+
+
+class Services(Protocol):
+    """What a provider may use while it works (one per ``Uploader``)."""
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        """The control-plane pool (data PUTs use the engine's own)."""
+        ...
+
+    @property
+    def config(self) -> UploadConfig: ...
+
+    @property
+    def retry(self) -> RetryPolicy: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def on_change(self) -> OnChange: ...
+
+    @property
+    def stopping(self) -> bool:
+        """True once a graceful stop began: start nothing new, finish what is in flight."""
+        ...
+
+    def emit(self, event: Event) -> None: ...
+
+    def journal(self, key: JournalKey) -> FileJournal: ...
+
+    def begin(self, key: JournalKey, info: FileInfo) -> FileJournal:
+        """The journal of ``key``, started for ``info`` (a changed file restarts or is refused
+        by ``on_change``; a restart is reported once, as a ``Phase``)."""
+        ...
+
+    async def transfer(self, info: FileInfo, target: Target) -> UploadResult:
+        """Send one file to ``target`` through the shared budget; one ``UploadError`` if not."""
+        ...
+
+
+class HasServices(Protocol):
+    """What the platform entry points take: an open ``Uploader`` (or any holder of services)."""
+
+    @property
+    def services(self) -> Services: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +104,22 @@ class TargetContext:
     """What a target may use while it works on one file."""
 
     file: FileInfo
-    http: aiohttp.ClientSession  # for control-plane calls (data PUTs use the engine's pool)
-    config: UploadConfig
+    services: Services
     journal: FileJournal
-    emit: EventHook
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        return self.services.http
+
+    @property
+    def config(self) -> UploadConfig:
+        return self.services.config
+
+    def emit(self, event: Event) -> None:
+        self.services.emit(event)
 
     def phase(self, message: str, progress: float | None = None) -> None:
-        self.emit(Phase(self.file.path, message, progress))
+        self.services.emit(Phase(self.file.path, message, progress))
 
 
 class Target(ABC):
@@ -50,11 +127,14 @@ class Target(ABC):
 
     #: short name used in reports ("matterport", "speckle", "s3", "presigned")
     kind: str = "target"
+    #: the type ``complete`` returns (rebuilt from the journal for a file already done)
+    remote_type: type[Remote] = PresignedRemote
 
-    def journal_key(self, file: FileInfo) -> str:
+    def journal_key(self, file: FileInfo) -> JournalKey:
         """The file's key in the journal: one per (destination, file). Override to add the
-        account, organization or project, so the same file sent elsewhere is not "done"."""
-        return f"{self.kind}:{file.key}"
+        endpoint, account, organization or project, so the same file sent elsewhere is not
+        "done"."""
+        return JournalKey(self.kind, (file.key,))
 
     @abstractmethod
     async def prepare(self, ctx: TargetContext) -> PartLimits: ...
@@ -71,9 +151,7 @@ class Target(ABC):
     ) -> PartRequest: ...
 
     @abstractmethod
-    async def complete(
-        self, parts: Sequence[PartResult], ctx: TargetContext
-    ) -> Mapping[str, str]: ...
+    async def complete(self, parts: Sequence[PartResult], ctx: TargetContext) -> Remote: ...
 
 
 MaybeAwaitable = Awaitable[str | PartRequest] | str | PartRequest
@@ -88,10 +166,12 @@ class PresignedMultipart(Target):
 
     ``part_url(n)`` returns (or awaits to) the URL or a ``PartRequest`` for 1-based part
     ``n``; it is called again for a fresh URL after an expiry. ``complete(parts)`` receives
-    the ``PartResult`` list in part order and may return ids for the result. ``limits``
-    constrains planning (``PartLimits(single=True)`` for a single presigned PUT)."""
+    the ``PartResult`` list in part order and may return ids for the result
+    (``UploadResult.remote.ids``). ``limits`` constrains planning (``PartLimits(single=True)``
+    for a single presigned PUT)."""
 
     kind = "presigned"
+    remote_type = PresignedRemote
 
     def __init__(
         self, part_url: PartURL, complete: Complete, *, limits: PartLimits = S3_LIMITS
@@ -103,6 +183,9 @@ class PresignedMultipart(Target):
     def __repr__(self) -> str:
         return f"<PresignedMultipart single={self._limits.single}>"
 
+    def journal_key(self, file: FileInfo) -> JournalKey:
+        return presigned_key(file)
+
     async def prepare(self, ctx: TargetContext) -> PartLimits:
         return self._limits
 
@@ -113,7 +196,7 @@ class PresignedMultipart(Target):
         value = await got if isawaitable(got) else got
         return value if isinstance(value, PartRequest) else PartRequest(url=str(value))
 
-    async def complete(self, parts: Sequence[PartResult], ctx: TargetContext) -> Mapping[str, str]:
+    async def complete(self, parts: Sequence[PartResult], ctx: TargetContext) -> PresignedRemote:
         got = self._complete(parts)
         value = await got if isawaitable(got) else got
-        return dict(value or {})
+        return PresignedRemote(ids={str(k): str(v) for k, v in (value or {}).items()})

@@ -6,7 +6,8 @@ Rules:
 - each file runs at most ``concurrency`` workers that pull its parts in order, so a huge file
   queues ``concurrency`` waiters, not 10,000, and small files are not starved behind it;
 - a part is retried on transient failures with full-jitter backoff (or ``Retry-After``), waiting
-  *outside* the limiter; an expired URL is refreshed from the target; fatal answers fail the file;
+  *outside* the limiter; an expired URL is refreshed from the target; fatal answers fail the file
+  (``engine.retry.decide`` says which);
 - an ETag in MD5 form that differs from the MD5 of the bytes sent is a transient failure;
 - each stored part is journaled before it counts; the result lists parts in order;
 - one exception per file (never an ``ExceptionGroup``); cancellation stops every part and
@@ -16,9 +17,7 @@ Rules:
 from __future__ import annotations
 
 import random
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -40,19 +39,19 @@ from engine.events import (
     FileStarted,
     PartDone,
     PartRetry,
+    Event,
     Phase,
 )
-from engine.journal import Journal
+from engine.clock import Clock, SystemClock
+from engine.journal import FileJournal, Journal, JournalKey
 from engine.models import FileInfo, PartResult, PartSpec, UploadResult
 from engine.plan import plan_parts
-from engine.retry import Verdict, backoff_delay, is_md5_etag
+from engine.retry import RetryPolicy, Verdict, decide, is_md5_etag
 from engine.source import FileSource
-from engine.target import Target, TargetContext
+from engine.target import OnChange, Target, TargetContext
 from engine.transport import AttemptFailed, RangeBody, put_range
 
 __all__ = ["Engine"]
-
-Sleep = Callable[[float], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -66,7 +65,8 @@ class _FileRun:
 
 
 class Engine:
-    """Shared machinery of one ``Uploader``: pools, limiter, journal, event hook."""
+    """Shared machinery of one ``Uploader``: pools, limiter, journal, event hook. It is the
+    ``engine.target.Services`` that providers are handed; nothing else of it is theirs."""
 
     def __init__(
         self,
@@ -76,31 +76,73 @@ class Engine:
         control: aiohttp.ClientSession,
         journal: Journal,
         emit: EventHook,
-        sleep: Sleep = anyio.sleep,
-        rng: random.Random | None = None,
-        on_change: str = "restart",
+        clock: Clock | None = None,
+        on_change: OnChange = "restart",
     ) -> None:
-        self.config = config
-        self.data = data
-        self.control = control
-        self.journal = journal
-        self.emit = emit
-        self.sleep = sleep
-        self.rng = rng or random.Random()
-        self.on_change = on_change
-        self.limiter = anyio.CapacityLimiter(config.concurrency)
-        self.draining = False
+        self._config = config
+        self._retry = RetryPolicy.of(config)
+        self._data = data
+        self._control = control
+        self._journal = journal
+        self._emit = emit
+        self._clock = clock or SystemClock(random.Random())
+        self._on_change: OnChange = on_change
+        self._limiter = anyio.CapacityLimiter(config.concurrency)
+        self._stopping = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Engine concurrency={self._config.concurrency} "
+            f"in_flight={self._limiter.borrowed_tokens} stopping={self._stopping}>"
+        )
+
+    # ---- Services --------------------------------------------------------------------------------
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        return self._control
+
+    @property
+    def config(self) -> UploadConfig:
+        return self._config
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._retry
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def on_change(self) -> OnChange:
+        return self._on_change
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def emit(self, event: Event) -> None:
+        self._emit(event)
+
+    def journal(self, key: JournalKey) -> FileJournal:
+        return self._journal.for_key(key)
+
+    def begin(self, key: JournalKey, info: FileInfo) -> FileJournal:
+        fj = self._journal.for_key(key)
+        if fj.begin(info, on_change=self._on_change):
+            self._emit(Phase(info.path, "changed since the last run: uploading it from the start"))
+        return fj
+
+    async def transfer(self, info: FileInfo, target: Target) -> UploadResult:
+        return await self.upload_file(info, target)
+
+    # ---- the data path ---------------------------------------------------------------------------
 
     def drain(self) -> None:
         """Start no new part and no retry; parts in flight finish. Files with parts left
         fail with ``InterruptedUpload`` (their journal lets a rerun resume them)."""
-        self.draining = True
-
-    def __repr__(self) -> str:
-        return (
-            f"<Engine concurrency={self.config.concurrency} "
-            f"in_flight={self.limiter.borrowed_tokens}>"
-        )
+        self._stopping = True
 
     async def upload_file(self, info: FileInfo, target: Target) -> UploadResult:
         """Upload one file to ``target``; raise one ``UploadError`` if it fails."""
@@ -109,36 +151,34 @@ class Engine:
         except InputError as exc:
             # Reads deep in the data path know offsets, not names: say which file it was.
             named = exc if str(info.path) in str(exc) else type(exc)(f"{info.path}: {exc}")
-            self.emit(FileFailed(info.path, named))
+            self._emit(FileFailed(info.path, named))
             if named is exc:
                 raise
             raise named from exc
         except UploadError as exc:
-            self.emit(FileFailed(info.path, exc))
+            self._emit(FileFailed(info.path, exc))
             raise
 
     async def _upload_file(self, info: FileInfo, target: Target) -> UploadResult:
-        started = time.monotonic()
-        if self.draining:
+        started = self._clock.monotonic()
+        if self._stopping:
             raise InterruptedUpload(f"{info.path}: not started (stopping)")
-        fj = self.journal.for_key(target.journal_key(info))
-        known = fj.state.fingerprint
-        state = fj.begin(info, on_change=self.on_change)
-        if known and known != info.fingerprint:
-            self.emit(Phase(info.path, "changed since the last run: uploading it from the start"))
+        fj = self.begin(target.journal_key(info), info)
+        state = fj.state
         if state.done is not None:
             parts = tuple(state.parts[n] for n in sorted(state.parts))
-            result = UploadResult(info.path, info.size, parts, 0.0, 0, 0, dict(state.done))
-            self.emit(FileFinished(info.path, result))
+            remote = target.remote_type.from_record(state.done)
+            result = UploadResult(info.path, info.size, parts, 0.0, 0, 0, remote)
+            self._emit(FileFinished(info.path, result))
             return result
-        ctx = TargetContext(info, self.control, self.config, fj, self.emit)
+        ctx = TargetContext(info, self, fj)
         limits = await target.prepare(ctx)
-        plan = plan_parts(info.size, part_size=self.config.part_size, limits=limits)
+        plan = plan_parts(info.size, part_size=self._config.part_size, limits=limits)
         with FileSource(info) as source:
             run = _FileRun(info, ctx, source)
             run.results.update(await target.stored_parts(plan, ctx))
             todo = [p for p in plan if p.number not in run.results]
-            self.emit(
+            self._emit(
                 FileStarted(
                     info.path,
                     info.size,
@@ -151,17 +191,12 @@ class Engine:
             source.check_unchanged()
         parts = tuple(run.results[p.number] for p in plan)
         remote = await target.complete(parts, ctx)
-        fj.done(remote)
+        fj.done(remote.to_record())
+        seconds = self._clock.monotonic() - started
         result = UploadResult(
-            info.path,
-            info.size,
-            parts,
-            time.monotonic() - started,
-            run.bytes_sent,
-            run.retries,
-            dict(remote),
+            info.path, info.size, parts, seconds, run.bytes_sent, run.retries, remote
         )
-        self.emit(FileFinished(info.path, result))
+        self._emit(FileFinished(info.path, result))
         return result
 
     async def _send_all(self, run: _FileRun, target: Target, todo: list[PartSpec]) -> None:
@@ -169,7 +204,7 @@ class Engine:
         failures: list[Exception] = []
 
         async def worker(scope: anyio.CancelScope) -> None:
-            while queue and not failures and not self.draining:
+            while queue and not failures and not self._stopping:
                 part = queue.popleft()
                 try:
                     run.results[part.number] = await self._send_part(run, target, part)
@@ -179,7 +214,7 @@ class Engine:
                     return
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(self.config.concurrency, len(queue))):
+            for _ in range(min(self._config.concurrency, len(queue))):
                 tg.start_soon(worker, tg.cancel_scope)
         if failures:
             raise failures[0]
@@ -188,72 +223,78 @@ class Engine:
                 f"{run.info.path}: stopped with {len(queue)} of {len(todo)} parts left to send"
             )
 
-    async def _send_part(self, run: _FileRun, target: Target, part: PartSpec) -> PartResult:
-        cfg = self.config
-        path = run.info.path
-        refresh = False
-        attempt = 0
+    async def _attempt(
+        self, run: _FileRun, target: Target, part: PartSpec, refresh: bool, bodies: list[RangeBody]
+    ) -> PartResult | AttemptFailed:
+        """One PUT of ``part`` inside the limiter: the stored part, or why it failed."""
+        cfg = self._config
 
         def progress(n: int) -> None:
             run.bytes_sent += n
-            self.emit(BytesSent(path, part.number, n))
+            self._emit(BytesSent(run.info.path, part.number, n))
 
+        async with self._limiter:
+            request = await target.part_request(part, run.ctx, refresh=refresh)
+            try:
+                outcome = await put_range(
+                    self._data,
+                    request,
+                    run.source.fd,
+                    part,
+                    chunk_size=cfg.chunk_size,
+                    stall_timeout=cfg.stall_timeout,
+                    on_progress=progress,
+                    body_out=bodies,
+                    md5=cfg.verify_etag,
+                )
+            except AttemptFailed as failed:
+                return failed
+        if (
+            cfg.verify_etag
+            and is_md5_etag(outcome.etag)
+            and outcome.etag.strip('"').lower() != outcome.md5
+        ):
+            return AttemptFailed(
+                Verdict("transient", "ETag does not match the MD5 of the bytes sent")
+            )
+        return PartResult(part.number, outcome.etag, part.size)
+
+    async def _send_part(self, run: _FileRun, target: Target, part: PartSpec) -> PartResult:
+        path = run.info.path
+        refresh = False
+        attempt = 0
         while True:
             attempt += 1
             bodies: list[RangeBody] = []
-            async with self.limiter:
-                request = await target.part_request(part, run.ctx, refresh=refresh)
-                try:
-                    outcome = await put_range(
-                        self.data,
-                        request,
-                        run.source.fd,
-                        part,
-                        chunk_size=cfg.chunk_size,
-                        stall_timeout=cfg.stall_timeout,
-                        on_progress=progress,
-                        body_out=bodies,
-                        md5=cfg.verify_etag,
-                    )
-                    if (
-                        cfg.verify_etag
-                        and is_md5_etag(outcome.etag)
-                        and outcome.etag.strip('"').lower() != outcome.md5
-                    ):
-                        raise AttemptFailed(
-                            Verdict("transient", "ETag does not match the MD5 of the bytes sent")
-                        )
-                except AttemptFailed as failed:
-                    verdict, cause = failed.verdict, failed
-                else:
-                    result = PartResult(part.number, outcome.etag, part.size)
-                    run.ctx.journal.part_done(result)
-                    self.emit(PartDone(path, part.number, part.size, outcome.etag, attempt))
-                    return result
-            lost = bodies[0].sent if bodies else 0
-            if verdict.kind == "fatal":
+            got = await self._attempt(run, target, part, refresh, bodies)
+            if isinstance(got, PartResult):
+                run.ctx.journal.part_done(got)
+                self._emit(PartDone(path, part.number, part.size, got.etag, attempt))
+                return got
+            verdict = got.verdict
+            step = decide(
+                verdict,
+                attempt,
+                self._retry,
+                stopping=self._stopping,
+                jitter=self._clock.jitter(),
+            )
+            if step.action == "reject":
                 raise PartRejectedError(
                     f"part {part.number} refused by storage: {verdict.reason}",
                     part_number=part.number,
-                ) from cause
-            if self.draining:
+                ) from got
+            if step.action == "stop":
                 raise InterruptedUpload(
                     f"part {part.number}: not retried (stopping); last: {verdict.reason}"
-                ) from cause
-            if attempt >= cfg.max_attempts:
+                ) from got
+            if step.action == "give_up":
                 raise RetriesExhaustedError(
                     f"part {part.number} failed {attempt} times; last: {verdict.reason}",
                     part_number=part.number,
-                ) from cause
-            refresh = verdict.kind == "expired"
-            if refresh:
-                delay = 0.0
-            elif verdict.retry_after is not None:
-                delay = min(verdict.retry_after, cfg.backoff_cap)
-            else:
-                delay = backoff_delay(
-                    attempt, base=cfg.backoff_base, cap=cfg.backoff_cap, rng=self.rng
-                )
+                ) from got
+            refresh = step.refresh
             run.retries += 1
-            self.emit(PartRetry(path, part.number, attempt, verdict.reason, delay, lost))
-            await self.sleep(delay)
+            lost = bodies[0].sent if bodies else 0
+            self._emit(PartRetry(path, part.number, attempt, verdict.reason, step.delay, lost))
+            await self._clock.sleep(step.delay)

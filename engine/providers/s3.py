@@ -7,7 +7,7 @@ The flow, per file:
    ``endpoint_url`` gets path-style addressing;
 2. a file that fits in one part (``size <= config.part_size``) is one presigned ``PutObject``;
    anything larger is a multipart upload: ``CreateMultipartUpload``, its ``UploadId``
-   journaled (``set_remote``) before any part is sent;
+   journaled (``MultipartStarted``) before any part is sent;
 3. each part's URL is presigned by botocore (``upload_part``; SigV4 query signing, unsigned
    payload) and the bytes go through the engine's data path like every other target;
 4. ``CompleteMultipartUpload`` with the ETags in part order.
@@ -24,8 +24,9 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -39,11 +40,12 @@ from engine.errors import (
     RemoteError,
     ServiceError,
 )
-from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec
+from engine.journal import JournalKey, MultipartStarted, s3_key
+from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec, Remote
 from engine.plan import S3_LIMITS
 from engine.target import Target, TargetContext
 
-__all__ = ["S3Target", "parse_s3_url"]
+__all__ = ["S3Object", "S3Target", "parse_s3_url"]
 
 T = TypeVar("T")
 
@@ -117,6 +119,16 @@ def translate(exc: BaseException, doing: str) -> RemoteError:
     return ServiceError(f"{doing}: {type(exc).__name__}")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class S3Object(Remote):
+    """The stored object: its bucket, key and ETag (``upload_id`` "" for a single PUT)."""
+
+    bucket: str
+    key: str
+    etag: str
+    upload_id: str = ""
+
+
 class S3Target(Target):
     """One file to ``s3://bucket/key``.
 
@@ -129,6 +141,7 @@ class S3Target(Target):
     """
 
     kind = "s3"
+    remote_type = S3Object
 
     def __init__(
         self,
@@ -156,8 +169,8 @@ class S3Target(Target):
         state = f"upload={self._upload_id}" if self._upload_id else "no upload"
         return f"<S3Target s3://{self.bucket}/{self.key} {state}>"
 
-    def journal_key(self, file: FileInfo) -> str:
-        return f"s3://{self.bucket}/{self.key}:{file.key}"
+    def journal_key(self, file: FileInfo) -> JournalKey:
+        return s3_key(self.endpoint_url or "", self.bucket, self.key, file)
 
     # --- botocore, always in a worker thread ---------------------------------------------
     def _make_client(self) -> Any:
@@ -206,12 +219,13 @@ class S3Target(Target):
             with suppress(PermissionDeniedError):
                 await self._call(f"reach {where}", lambda c: c.head_bucket(Bucket=self.bucket))
             return PartLimits(min_size=0, max_size=SINGLE_MAX, max_parts=1, single=True)
-        remote = ctx.journal.state.remote
-        known = remote.get("upload_id")
-        if known and remote.get("bucket") == self.bucket and remote.get("key") == self.key:
+        known = ctx.journal.state.get(MultipartStarted)
+        if known and (known.bucket, known.key) == (self.bucket, self.key):
             try:
-                self._stored = await self._call(f"list parts of {where}", self._list_parts, known)
-                self._upload_id = known
+                self._stored = await self._call(
+                    f"list parts of {where}", self._list_parts, known.upload_id
+                )
+                self._upload_id = known.upload_id
                 ctx.phase(f"resuming upload of {where} ({len(self._stored)} parts stored)")
                 return S3_LIMITS
             except NotFoundError:
@@ -224,9 +238,7 @@ class S3Target(Target):
         )
         self._upload_id = str(created["UploadId"])
         self._stored = {}
-        ctx.journal.set_remote(
-            fresh=True, bucket=self.bucket, key=self.key, upload_id=self._upload_id
-        )
+        ctx.journal.record(MultipartStarted(self.bucket, self.key, self._upload_id))
         return S3_LIMITS
 
     def _list_parts(self, client: Any, upload_id: str) -> dict[int, PartResult]:
@@ -269,11 +281,10 @@ class S3Target(Target):
         )
         return PartRequest(url=str(url), method="PUT")
 
-    async def complete(self, parts: Sequence[PartResult], ctx: TargetContext) -> Mapping[str, str]:
+    async def complete(self, parts: Sequence[PartResult], ctx: TargetContext) -> S3Object:
         where = f"s3://{self.bucket}/{self.key}"
-        ids = {"bucket": self.bucket, "key": self.key}
         if self._upload_id is None:
-            return {**ids, "etag": parts[0].etag if parts else ""}
+            return S3Object(bucket=self.bucket, key=self.key, etag=parts[0].etag if parts else "")
         upload_id = self._upload_id
         done = await self._call(
             f"complete the upload to {where}",
@@ -286,4 +297,6 @@ class S3Target(Target):
                 },
             ),
         )
-        return {**ids, "upload_id": upload_id, "etag": str(done.get("ETag", ""))}
+        return S3Object(
+            bucket=self.bucket, key=self.key, etag=str(done.get("ETag", "")), upload_id=upload_id
+        )

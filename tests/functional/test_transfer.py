@@ -28,6 +28,7 @@ from engine import (
     UploadConfig,
     Uploader,
 )
+from engine.clock import FakeClock
 from engine.commands import sandbox_target
 from engine.models import FileInfo
 from engine.sandbox.faults import FaultPlan
@@ -38,10 +39,6 @@ pytestmark = pytest.mark.anyio
 KiB = 1024
 MiB = 1024 * KiB
 PART = 64 * KiB  # small parts keep the tests fast; the rules are the same as at 5 MiB
-
-
-async def no_wait(_: float) -> None:
-    await anyio.sleep(0)
 
 
 def cfg(**kw: object) -> UploadConfig:
@@ -101,11 +98,11 @@ async def test_every_size_arrives_byte_identical_with_faults_on(
         seed=size, rates={"503": 0.15, "reset": 0.1, "slowdown": 0.05, "throttle": 0.05}
     )
     events: list[Event] = []
-    async with Uploader(cfg(), on_event=events.append, sleep=no_wait) as up:
+    async with Uploader(cfg(), on_event=events.append, clock=FakeClock()) as up:
         result = await up.upload(src, sandbox_target(sb, FileInfo.of(src)))
     key = f"uploads/{src.name}"
     assert stored_bytes(sb, key) == src.read_bytes()
-    assert result.remote["md5"] == md5(src)
+    assert result.remote.ids["md5"] == md5(src)
     assert [p.number for p in result.parts] == list(range(1, len(result.parts) + 1))
     injected = sum(sb.store.stats()["faults"].values())
     retries = [e for e in events if isinstance(e, PartRetry)]
@@ -122,9 +119,9 @@ async def test_a_few_hundred_mib_with_faults(sb: Sandbox, tmp_path: Path) -> Non
     sb.store.faults = FaultPlan(seed=3, rates={"503": 0.05, "reset": 0.05})
     events: list[Event] = []
     config = cfg(part_size=8 * MiB, chunk_size=1 * MiB, concurrency=8)
-    async with Uploader(config, on_event=events.append, sleep=no_wait) as up:
+    async with Uploader(config, on_event=events.append, clock=FakeClock()) as up:
         result = await up.upload(src, sandbox_target(sb, FileInfo.of(src)))
-    assert result.remote["md5"] == md5(src)
+    assert result.remote.ids["md5"] == md5(src)
     assert stored_bytes(sb, "uploads/big.e57") == src.read_bytes()
     assert result.retries == sum(isinstance(e, PartRetry) for e in events) > 0
 
@@ -143,26 +140,22 @@ async def test_expired_url_is_refreshed_and_bad_etag_is_resent(sb: Sandbox, tmp_
 
     target._part_url = counting  # type: ignore[assignment]
     events: list[Event] = []
-    async with Uploader(cfg(), on_event=events.append, sleep=no_wait) as up:
+    async with Uploader(cfg(), on_event=events.append, clock=FakeClock()) as up:
         result = await up.upload(src, target)
     reasons = {e.part: e.reason for e in events if isinstance(e, PartRetry)}
     assert "Request has expired" in reasons[1]
     assert "ETag does not match" in reasons[2]
     assert calls.count(1) == 2  # a fresh URL for the expired part
-    assert result.remote["md5"] == md5(src)
+    assert result.remote.ids["md5"] == md5(src)
 
 
 async def test_retry_after_is_honoured(sb: Sandbox, tmp_path: Path) -> None:
     src = write(tmp_path / "t.e57", PART)
     sb.store.faults = FaultPlan(schedule={("uploads/t.e57", 1, 0): "throttle"}, retry_after=0.3)
-    waits: list[float] = []
-
-    async def record(delay: float) -> None:
-        waits.append(delay)
-
-    async with Uploader(cfg(), sleep=record) as up:
+    clock = FakeClock()
+    async with Uploader(cfg(), clock=clock) as up:
         await up.upload(src, sandbox_target(sb, FileInfo.of(src)))
-    assert waits == [0.3]
+    assert clock.slept == [0.3]
 
 
 async def test_a_fatal_4xx_fails_at_once_with_the_server_message(
@@ -174,7 +167,7 @@ async def test_a_fatal_4xx_fails_at_once_with_the_server_message(
         lambda parts: None,
     )
     events: list[Event] = []
-    async with Uploader(cfg(), on_event=events.append, sleep=no_wait) as up:
+    async with Uploader(cfg(), on_event=events.append, clock=FakeClock()) as up:
         with pytest.raises(PartRejectedError, match="NoSuchUpload") as info:
             await up.upload(src, target)
     assert info.value.part_number in (1, 2)
@@ -185,7 +178,7 @@ async def test_a_fatal_4xx_fails_at_once_with_the_server_message(
 async def test_permanent_faults_exhaust_the_attempts(sb: Sandbox, tmp_path: Path) -> None:
     src = write(tmp_path / "p.e57", PART)
     sb.store.faults = FaultPlan(schedule={("uploads/p.e57", 1, i): "503" for i in range(10)})
-    async with Uploader(cfg(max_attempts=4), sleep=no_wait) as up:
+    async with Uploader(cfg(max_attempts=4), clock=FakeClock()) as up:
         with pytest.raises(RetriesExhaustedError, match="part 1 failed 4 times; last: HTTP 503"):
             await up.upload(src, sandbox_target(sb, FileInfo.of(src)))
 
@@ -194,11 +187,11 @@ async def test_a_stalled_put_is_cancelled_and_retried(sb: Sandbox, tmp_path: Pat
     src = write(tmp_path / "s.e57", 2 * PART)
     sb.store.faults = FaultPlan(schedule={("uploads/s.e57", 1, 0): "stall"}, stall_seconds=5.0)
     events: list[Event] = []
-    async with Uploader(cfg(stall_timeout=0.5), on_event=events.append, sleep=no_wait) as up:
+    async with Uploader(cfg(stall_timeout=0.5), on_event=events.append, clock=FakeClock()) as up:
         with anyio.fail_after(4):
             result = await up.upload(src, sandbox_target(sb, FileInfo.of(src)))
     assert any(isinstance(e, PartRetry) and "stalled" in e.reason for e in events)
-    assert result.remote["md5"] == md5(src)
+    assert result.remote.ids["md5"] == md5(src)
 
 
 async def test_single_put_target(sb: Sandbox, tmp_path: Path) -> None:
@@ -212,7 +205,7 @@ async def test_single_put_target(sb: Sandbox, tmp_path: Path) -> None:
         result = await up.upload(src, target)
     assert len(result.parts) == 1
     assert stored_bytes(sb, "single/one.ifc") == src.read_bytes()
-    assert result.remote["etag"] == f'"{md5(src)}"'
+    assert result.remote.ids["etag"] == f'"{md5(src)}"'
 
 
 async def test_caller_cancellation_stops_every_part_and_closes_the_file(
@@ -276,7 +269,7 @@ async def test_journal_resume_sends_only_missing_parts(sb: Sandbox, tmp_path: Pa
     async with Uploader(cfg(concurrency=1), on_event=on_second, journal=journal) as up:
         result = await up.upload(src, target())
     assert sorted(first + second) == list(range(1, 13))
-    assert result.remote["md5"] == md5(src)
+    assert result.remote.ids["md5"] == md5(src)
     async with Uploader(cfg(), journal=journal) as up:  # done: nothing is sent again
         again = await up.upload(src, target())
     assert again.bytes_sent == 0 and again.remote == result.remote
@@ -303,4 +296,4 @@ async def test_uses_the_callers_session(sb: Sandbox, tmp_path: Path) -> None:
         async with Uploader(cfg(), session=session) as up:
             result = await up.upload(src, sandbox_target(sb, FileInfo.of(src)))
         assert not session.closed
-    assert result.remote["md5"] == md5(src)
+    assert result.remote.ids["md5"] == md5(src)

@@ -68,7 +68,7 @@ def test_multipart_upload_arrives_byte_identical(
         async with Uploader(UploadConfig(part_size=part, concurrency=3)) as up:
             result = await up.upload(tmp_path / "scan.e57", target)
         assert len(result.parts) == 3
-        assert result.remote["etag"] == _multipart_etag(data, part)
+        assert result.remote.etag == _multipart_etag(data, part)
 
     anyio.run(main)
     got = s3_client(endpoint).get_object(Bucket=bucket, Key="in/scan.e57")
@@ -83,7 +83,7 @@ def test_small_file_is_one_presigned_put(tmp_path: Path, endpoint: str, bucket: 
     async def main() -> None:
         async with Uploader(UploadConfig(part_size=5 * MiB)) as up:
             result = await up.upload(tmp_path / "small.ifc", target)
-        assert result.remote["etag"] == f'"{hashlib.md5(data).hexdigest()}"'
+        assert result.remote.etag == f'"{hashlib.md5(data).hexdigest()}"'
 
     anyio.run(main)
     assert s3_client(endpoint).get_object(Bucket=bucket, Key="small.ifc")["Body"].read() == data

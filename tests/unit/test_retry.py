@@ -7,7 +7,17 @@ from datetime import UTC, datetime
 
 import pytest
 
-from engine.retry import backoff_delay, classify_response, is_md5_etag, parse_retry_after
+from engine.errors import ConfigError
+from engine.retry import (
+    Decision,
+    RetryPolicy,
+    Verdict,
+    backoff_delay,
+    classify_response,
+    decide,
+    is_md5_etag,
+    parse_retry_after,
+)
 
 EXPIRED = (
     b"<?xml version='1.0'?><Error><Code>AccessDenied</Code>"
@@ -79,3 +89,58 @@ def test_md5_etags_are_recognised() -> None:
     assert is_md5_etag("d41d8cd98f00b204e9800998ecf8427e")
     assert not is_md5_etag('"d41d8cd98f00b204e9800998ecf8427e-3"')
     assert not is_md5_etag("")
+
+
+# ---- RetryPolicy and decide: the part loop's step, pure ----------------------------------------
+
+POLICY = RetryPolicy(max_attempts=3, base=1.0, cap=4.0)
+
+
+def test_decide_rejects_fatal_answers_before_anything_else() -> None:
+    fatal = Verdict("fatal", "HTTP 400")
+    assert decide(fatal, 1, POLICY, stopping=True, jitter=0.5).action == "reject"
+
+
+def test_decide_stops_when_the_run_is_stopping() -> None:
+    step = decide(Verdict("transient", "503"), 1, POLICY, stopping=True, jitter=0.5)
+    assert step.action == "stop"
+
+
+def test_decide_gives_up_after_max_attempts() -> None:
+    step = decide(Verdict("transient", "503"), 3, POLICY, stopping=False, jitter=0.5)
+    assert step.action == "give_up"
+
+
+def test_decide_refreshes_an_expired_url_without_waiting() -> None:
+    step = decide(Verdict("expired", "403"), 1, POLICY, stopping=False, jitter=0.9)
+    assert step == Decision("retry", 0.0, refresh=True)
+
+
+def test_decide_waits_full_jitter_doubling_up_to_the_cap() -> None:
+    waits = [
+        decide(
+            Verdict("transient", "x"),
+            n,
+            RetryPolicy(max_attempts=9, base=1.0, cap=4.0),
+            stopping=False,
+            jitter=0.5,
+        ).delay
+        for n in (1, 2, 3, 4)
+    ]
+    assert waits == [0.5, 1.0, 2.0, 2.0]
+
+
+def test_retry_after_replaces_backoff_and_is_capped() -> None:
+    hinted = Verdict("transient", "429", retry_after=3.0)
+    assert decide(hinted, 1, POLICY, stopping=False, jitter=0.0).delay == 3.0
+    long = Verdict("transient", "429", retry_after=60.0)
+    assert decide(long, 1, POLICY, stopping=False, jitter=0.0).delay == 4.0
+    generous = RetryPolicy(max_attempts=3, base=1.0, cap=4.0, retry_after_cap=120.0)
+    assert decide(long, 1, generous, stopping=False, jitter=0.0).delay == 60.0
+
+
+def test_a_policy_is_validated() -> None:
+    with pytest.raises(ConfigError):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ConfigError):
+        RetryPolicy(base=2.0, cap=1.0)
