@@ -5,6 +5,8 @@
     UploadError                      any failure of the engine, one per failed file
     ├── ConfigError                  invalid configuration or arguments (a usage error)
     ├── InterruptedUpload            stopped on request before it finished (resumable)
+    ├── StateError                   the state directory cannot be used: full, corrupted,
+    │                                or locked by another run (nothing further is sent)
     ├── InputError                   the local file cannot be uploaded as it is
     │   ├── SourceError              missing, unreadable, not a regular file
     │   ├── SourceChangedError       size or mtime changed since planning / during upload
@@ -48,6 +50,7 @@ __all__ = [
     "ServiceError",
     "SourceChangedError",
     "SourceError",
+    "StateError",
     "TooLargeError",
     "TransferError",
     "UploadError",
@@ -64,6 +67,10 @@ class ConfigError(UploadError, ValueError):
 
 class InterruptedUpload(UploadError):
     """The upload was asked to stop (Ctrl-C) and stopped cleanly; a rerun resumes it."""
+
+
+class StateError(UploadError):
+    """The journal or its directory cannot be used; the message says what to do."""
 
 
 class InputError(UploadError):

@@ -12,13 +12,24 @@ Rules:
   records hold a stored part's number, ETag and size;
 - a ``Mark`` is written (and fsynced) *before* the non-idempotent platform call it guards, so a
   rerun after a crash knows the call may have happened;
-- a torn last line (the process died mid-write) is ignored on replay.
+- every record carries ``crc``, the CRC-32 of the record without it; a record is applied to the
+  in-memory state only once it is written whole and fsynced (a short write is completed, a
+  failed one is cut off again and fails the run with a ``StateError``, and every later write
+  fails at once, so no platform call follows a fact that was not journaled);
+- a torn last line (the process died mid-write: no newline after it) is cut off when the journal
+  is opened, so the next record starts on a line of its own; any other unreadable line stops
+  the run with its line number and how to recover — it is never skipped silently;
+- one run at a time: the state directory is locked (``flock`` on ``lock``, holding the PID);
+  a second run is refused with the first one's PID; the lock of a dead process is free.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import errno
 import os
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -26,7 +37,7 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import orjson
 
-from engine.errors import ConfigError, SourceChangedError
+from engine.errors import SourceChangedError, StateError
 from engine.models import FileInfo, PartResult
 
 __all__ = [
@@ -46,9 +57,11 @@ __all__ = [
     "SessionOpened",
     "UploadStarted",
     "UploadVoided",
+    "encode",
     "matterport_file_key",
     "matterport_session_key",
     "presigned_key",
+    "read_states",
     "replay",
     "s3_key",
     "speckle_key",
@@ -272,56 +285,175 @@ def _apply(states: dict[str, FileState], rec: Mapping[str, Any]) -> None:
         st.done = dict(remote) if isinstance(remote, dict) else {}
 
 
-def replay(lines: Iterable[bytes]) -> dict[str, FileState]:
-    """Rebuild every key's state from journal lines; unreadable lines are skipped."""
+def _checksum(record: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != "crc"}
+    return f"{zlib.crc32(orjson.dumps(body)):08x}"
+
+
+def encode(record: Mapping[str, Any]) -> bytes:
+    """One journal line: the record with its ``crc``, and a newline."""
+    return orjson.dumps({**record, "crc": _checksum(record)}) + b"\n"
+
+
+def _decode(line: bytes) -> dict[str, Any] | str:
+    """The record of one complete line, or why it cannot be read."""
+    try:
+        rec = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON ({exc})"
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    crc = rec.get("crc")
+    if crc is not None and crc != _checksum(rec):
+        return "its checksum does not match (the line was altered)"
+    return rec
+
+
+def _corrupt(source: str, number: int, why: str) -> StateError:
+    return StateError(
+        f"{source}: line {number} is unreadable: {why}. Fix or delete that line, or move the "
+        f"journal aside (mv {source} {source}.bad) to start over: files then upload again "
+        "from the start"
+    )
+
+
+def replay(
+    lines: Iterable[bytes], *, source: str = "journal", torn_tail: bool = True
+) -> dict[str, FileState]:
+    """Rebuild every key's state from journal lines. An unreadable *last* line is a torn write
+    and ignored (unless ``torn_tail=False``: the caller cut the tail already); any other
+    unreadable line raises ``StateError`` naming it."""
     states: dict[str, FileState] = {}
-    for line in lines:
-        line = line.strip()
+    pending: tuple[int, str] | None = None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
         if not line:
             continue
-        try:
-            rec = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue  # a torn write at the end of a killed run
-        if isinstance(rec, dict):
-            _apply(states, rec)
+        if pending is not None:
+            raise _corrupt(source, *pending)
+        rec = _decode(line)
+        if isinstance(rec, str):
+            pending = (number, rec)  # fine only if nothing follows it
+            continue
+        _apply(states, rec)
+    if pending is not None and not torn_tail:
+        raise _corrupt(source, *pending)
     return states
 
 
-class Journal:
-    """The journal of one run directory; ``path=None`` keeps it in memory only."""
+def read_states(path: Path) -> dict[str, FileState]:
+    """The replayed journal at ``path`` (a torn last line ignored); ``{}`` when absent."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise StateError(f"cannot read journal {path}: {exc.strerror}") from exc
+    return _replay_whole(data, path)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+
+def _replay_whole(data: bytes, path: Path) -> dict[str, FileState]:
+    whole = data[: data.rfind(b"\n") + 1]  # a fragment after the last newline is torn
+    return replay(whole.split(b"\n"), source=str(path), torn_tail=False)
+
+
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class Journal:
+    """The journal of one run directory; ``path=None`` keeps it in memory only.
+
+    ``lock``: hold the state directory's lock while open (refuse a second run)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, lock: bool = True) -> None:
         self.path = Path(path) if path is not None else None
         self._fd = -1
+        self._lock_fd = -1
+        self._broken: StateError | None = None
         self.states: dict[str, FileState] = {}
         if self.path is not None:
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                if self.path.exists():
-                    self.states = replay(self.path.read_bytes().splitlines())
-                self._fd = os.open(
-                    self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-                )
-            except OSError as exc:
-                raise ConfigError(f"cannot use journal {self.path}: {exc.strerror}") from exc
+                self._open(self.path, lock)
+            except BaseException:
+                self.close()
+                raise
+
+    def _open(self, path: Path, lock: bool) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if lock:
+                self._lock_fd = _lock(path.parent)
+            self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            data = path.read_bytes()
+            self.states = _replay_whole(data, path)
+            if data and not data.endswith(b"\n"):  # a torn tail: the next record starts clean
+                os.ftruncate(self._fd, data.rfind(b"\n") + 1)
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise StateError(f"cannot use journal {path}: {exc.strerror}") from exc
 
     def __repr__(self) -> str:
         return f"<Journal {self.path or 'in memory'} keys={len(self.states)}>"
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        for fd in (self._fd, self._lock_fd):
+            if fd >= 0:
+                os.close(fd)  # closing the lock file releases the lock
+        self._fd = self._lock_fd = -1
 
     def write(self, record: dict[str, Any]) -> None:
-        _apply(self.states, record)
+        """Write ``record`` whole and fsync it, then apply it; fail the run if it cannot be."""
+        if self._broken is not None:
+            raise self._broken
         if self._fd >= 0:
-            os.write(self._fd, orjson.dumps(record) + b"\n")
+            self._append(encode(record))
+        _apply(self.states, record)
+
+    def _append(self, line: bytes) -> None:
+        assert self.path is not None
+        start = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(line)
+            while view:  # complete a short write
+                view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # leave no torn record behind
+            where = self.path.parent
+            if exc.errno in _NO_ROOM:
+                self._broken = StateError(
+                    f"the state directory {where} is full ({exc.strerror}); nothing more was "
+                    "sent. Free some space there, then rerun the same command to resume"
+                )
+            else:
+                self._broken = StateError(
+                    f"cannot write the journal {self.path}: {exc.strerror}; nothing more was "
+                    "sent. Fix that, then rerun the same command to resume"
+                )
+            raise self._broken from exc
 
     def for_key(self, key: JournalKey | str) -> FileJournal:
         return FileJournal(self, str(key))
+
+
+def _lock(state_dir: Path) -> int:
+    """Take the state directory's lock (non-blocking); return its descriptor."""
+    import fcntl
+
+    fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StateError(
+            f"{state_dir} is in use by another upload-engine run (PID {holder}); wait for it "
+            "to finish or stop it, then rerun"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class FileJournal:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
 from engine import FileInfo, PartResult, SourceChangedError
+from engine.errors import StateError
 from engine.journal import (
     FileAdded,
     Journal,
@@ -105,3 +110,135 @@ def test_changed_file_restarts_or_is_refused(tmp_path: Path) -> None:
         fj.begin(changed, on_change="refuse")
     assert fj.begin(changed) is True
     assert fj.state.parts == {}
+
+
+# ---- torn tails, corrupted lines, short and failed writes, the lock -----------------------------
+
+
+def _journal_with(tmp_path: Path, *session_ids: str) -> Path:
+    path = tmp_path / "state" / "journal.jsonl"
+    j = Journal(path)
+    for sid in session_ids:
+        j.for_key("k").record(SessionOpened(sid, {}))
+    j.close()
+    return path
+
+
+def test_a_torn_tail_is_cut_so_the_next_record_is_not_swallowed(tmp_path: Path) -> None:
+    path = _journal_with(tmp_path, "s1")
+    with path.open("ab") as f:
+        f.write(b'{"op":"fact","key":"k","type":"matterport.ses')  # killed mid-write
+    j = Journal(path)
+    assert path.read_bytes().endswith(b"\n")
+    j.for_key("k").record(SessionOpened("s2", {}))
+    j.close()
+    st = Journal(path).for_key("k").state
+    assert st.get(SessionOpened) == SessionOpened("s2", {})
+
+
+def test_a_corrupted_last_complete_line_is_not_taken_for_a_torn_one(tmp_path: Path) -> None:
+    path = _journal_with(tmp_path, "s1", "s2")
+    path.write_bytes(path.read_bytes().replace(b"s2", b"s\x002"))
+    with pytest.raises(StateError, match="line 2 is unreadable"):
+        Journal(path)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda line: line.replace(b"s1", b"s\x001"),  # a NUL byte
+        lambda line: line.replace(b"s1", b"s7"),  # a changed character: the checksum says so
+        lambda line: line[:20] + line[25:],  # a hole
+    ],
+    ids=["nul-byte", "altered", "truncated"],
+)
+def test_a_corrupted_middle_line_stops_the_run_with_its_number(
+    tmp_path: Path, damage: object
+) -> None:
+    path = _journal_with(tmp_path, "s0", "s1", "s2")
+    first, second, rest = path.read_bytes().split(b"\n", 2)
+    path.write_bytes(first + b"\n" + damage(second) + b"\n" + rest)  # type: ignore[operator]
+    with pytest.raises(StateError, match=r"line 2 is unreadable.*move the journal aside"):
+        Journal(path)
+
+
+def test_a_short_write_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engine.journal as journal_module
+
+    real_write = os.write
+
+    def dribble(fd: int, data: bytes | memoryview) -> int:
+        return real_write(fd, bytes(data[:3]))
+
+    path = tmp_path / "state" / "journal.jsonl"
+    j = Journal(path)
+    monkeypatch.setattr(journal_module.os, "write", dribble)
+    j.for_key("k").record(SessionOpened("s1", {"/a": [1, 2]}))
+    monkeypatch.undo()
+    j.close()
+    assert Journal(path).for_key("k").state.get(SessionOpened) == SessionOpened(
+        "s1", {"/a": [1, 2]}
+    )
+
+
+_FILL = """
+import resource, signal, sys
+from engine.journal import Journal, SessionOpened
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+j = Journal(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+n = 0
+try:
+    while True:
+        j.for_key("k").record(SessionOpened(f"s{n}", {"/scan.e57": [n, n]}))
+        n += 1
+except Exception as exc:
+    print(n, type(exc).__name__, exc, sep="|")
+try:
+    j.for_key("k").record(SessionOpened("again", {}))
+except Exception as exc:
+    print("again", type(exc).__name__, sep="|")
+"""
+
+
+def test_a_full_disk_fails_the_run_cleanly_and_leaves_a_journal_that_resumes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state" / "journal.jsonl"
+    out = subprocess.run(
+        [sys.executable, "-c", _FILL, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    first, again = out.stdout.strip().splitlines()
+    written, kind, message = first.split("|")
+    assert kind == "StateError" and "is full" in message and "rerun" in message
+    assert again == "again|StateError"  # every later write fails at once
+    data = path.read_bytes()
+    assert data.endswith(b"\n")  # the failed record was cut off again
+    st = Journal(path).for_key("k").state  # and the journal opens cleanly
+    last = st.get(SessionOpened)
+    assert last is not None and last.session_id == f"s{int(written) - 1}"
+
+
+def test_one_run_at_a_time_and_a_dead_holder_frees_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "journal.jsonl"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from engine.journal import Journal; "
+            "j = Journal(sys.argv[1]); print('locked', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StateError, match=rf"in use by another .* \(PID {holder.pid}\)"):
+            Journal(path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    Journal(path).close()  # the lock of a dead process is free
