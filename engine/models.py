@@ -66,26 +66,40 @@ class PartLimits:
 
 @dataclass(frozen=True, slots=True)
 class FileInfo:
-    """A local file as it was when planned; its fingerprint detects later changes."""
+    """A local file as it was when planned; its fingerprint detects later changes.
+
+    ``path`` is resolved (symbolic links followed), so one file reached through two paths is
+    one file. ``ctime_ns`` and ``inode`` are in the fingerprint because ``touch`` can restore
+    an mtime but not a ctime: a file rewritten in place with its mtime put back still differs.
+    """
 
     path: Path
     size: int
     mtime_ns: int
+    ctime_ns: int = 0
+    device: int = 0
+    inode: int = 0
 
     @classmethod
     def of(cls, path: str | os.PathLike[str]) -> FileInfo:
-        p = Path(path).absolute()
+        given = Path(path)
         try:
+            p = given.resolve()
             st = p.stat()
         except FileNotFoundError:
-            raise SourceError(f"{p}: no such file") from None
+            raise SourceError(f"{given.absolute()}: no such file") from None
         except PermissionError:
-            raise SourceError(f"{p}: permission denied") from None
-        except OSError as exc:
-            raise SourceError(f"{p}: cannot read ({exc.strerror})") from exc
+            raise SourceError(f"{given.absolute()}: permission denied") from None
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on 3.11/3.12
+            reason = exc.strerror if isinstance(exc, OSError) else "symbolic link loop"
+            raise SourceError(f"{given.absolute()}: cannot read ({reason})") from exc
         if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"{p}: not a regular file")
-        return cls(p, st.st_size, st.st_mtime_ns)
+        return cls.from_stat(p, st)
+
+    @classmethod
+    def from_stat(cls, path: Path, st: os.stat_result) -> FileInfo:
+        return cls(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
 
     @property
     def key(self) -> str:
@@ -94,7 +108,28 @@ class FileInfo:
 
     @property
     def fingerprint(self) -> dict[str, object]:
-        return {"path": str(self.path), "size": self.size, "mtime_ns": self.mtime_ns}
+        return {
+            "path": str(self.path),
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "ctime_ns": self.ctime_ns,
+            "device": self.device,
+            "inode": self.inode,
+        }
+
+    def differences(self, st: os.stat_result) -> list[str]:
+        """What differs between this fingerprint and ``st`` (``[]``: unchanged), in words."""
+        now = FileInfo.from_stat(self.path, st)
+        out = []
+        if now.size != self.size:
+            out.append(f"size {self.size} -> {now.size}")
+        if now.mtime_ns != self.mtime_ns:
+            out.append("modification time")
+        if now.ctime_ns != self.ctime_ns and now.mtime_ns == self.mtime_ns:
+            out.append("status-change time (rewritten with its mtime restored?)")
+        if (now.device, now.inode) != (self.device, self.inode):
+            out.append("replaced by another file")
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,7 +4,10 @@ Rules: reads are ``os.pread`` at explicit offsets (no shared file position, so p
 concurrently from one descriptor); each read returns a fresh ``bytes`` object that is never
 reused, so a transport that keeps a reference after ``write()`` (Python >= 3.12, uvloop) can
 never see it change; reads run in worker threads; a short read means the file shrank while
-uploading and fails the file. ``OSError`` is translated here.
+uploading and fails the file; the fingerprint (size, mtime, ctime, inode) is checked when the
+file is opened, after every part is sent (before it counts as stored) and before completion, so
+a file rewritten under a part fails as changed instead of being committed mixed. ``OSError``
+is translated here.
 """
 
 from __future__ import annotations
@@ -57,13 +60,18 @@ class FileSource:
             os.close(self.fd)
             self.fd = -1
 
-    def check_unchanged(self) -> None:
-        """Raise ``SourceChangedError`` if size or mtime differ from the plan."""
-        st = os.fstat(self.fd)
-        if st.st_size != self.info.size or st.st_mtime_ns != self.info.mtime_ns:
+    def check_unchanged(self, *, uploading: bool = False) -> None:
+        """Raise ``SourceChangedError`` if the file's fingerprint differs from the plan."""
+        try:
+            st = os.stat(self.info.path)  # by path: a file replaced by rename shows too
+        except OSError:
+            st = os.fstat(self.fd)
+        changes = self.info.differences(st)
+        if changes:
+            when = "while uploading" if uploading else "since it was planned"
             raise SourceChangedError(
-                f"{self.info.path} changed since it was planned "
-                f"(size {self.info.size} -> {st.st_size}); rerun to upload the new contents"
+                f"{self.info.path} changed {when} ({', '.join(changes)}); "
+                "rerun to upload the new contents"
             )
 
 

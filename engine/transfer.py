@@ -188,7 +188,7 @@ class Engine:
                 )
             )
             await self._send_all(run, target, todo)
-            source.check_unchanged()
+            source.check_unchanged(uploading=True)
         parts = tuple(run.results[p.number] for p in plan)
         remote = await target.complete(parts, ctx)
         fj.done(remote.to_record())
@@ -268,6 +268,7 @@ class Engine:
             bodies: list[RangeBody] = []
             got = await self._attempt(run, target, part, refresh, bodies)
             if isinstance(got, PartResult):
+                run.source.check_unchanged(uploading=True)  # before the part counts
                 run.ctx.journal.part_done(got)
                 self._emit(PartDone(path, part.number, part.size, got.etag, attempt))
                 return got
