@@ -267,13 +267,9 @@ async def put_range(
                 status = resp.status
                 etag = resp.headers.get("ETag", "")
                 retry_after = resp.headers.get("Retry-After")
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if body.error is not None:
-                raise body.error from None
-            raise AttemptFailed(Verdict("transient", _transport_reason(exc))) from exc
         except InputError:
             raise
-        except Exception as exc:  # aiohttp may wrap a body failure in anything
+        except Exception as exc:  # connection errors; aiohttp may wrap a body failure in anything
             if body.error is not None:
                 raise body.error from None
             raise AttemptFailed(Verdict("transient", _transport_reason(exc))) from exc

@@ -36,7 +36,7 @@ from engine import (
     Uploader,
 )
 from engine.cli import main
-from engine.commands import sandbox_target
+from engine.cli.destinations import sandbox_target
 from engine.models import FileInfo
 from engine.providers.matterport import Matterport, MatterportCredentials
 from engine.providers.speckle import Speckle, SpeckleCredentials
@@ -253,7 +253,7 @@ async def test_every_blob_fault_kind_once_and_twice_on_a_plain_multipart_upload(
     plan = FaultPlan(schedule=schedule, retry_after=0.01, stall_seconds=1.0)
     async with sandbox(plan) as sb, Uploader(config(), on_event=events.append) as up:
         result = await up.upload(path, sandbox_target(sb, FileInfo.of(path)))
-        assert result.remote["md5"] == md5_file(path)
+        assert result.remote.ids["md5"] == md5_file(path)
         faults = blob_faults(sb)
         assert_within_budget(sb, events)
     assert set(faults) == {f"blob:{k}" for k in kinds} and all(n >= 2 for n in faults.values())
@@ -292,7 +292,7 @@ def test_bulk_import_survives_faults_on_every_path(
     # Speckle 429s.
     RecordingSandbox.made.clear()
     monkeypatch.setattr(server_module, "Sandbox", RecordingSandbox)
-    monkeypatch.setattr("engine.commands.fault_plan", lambda spec, seed_=0: blob_plan(seed))
+    monkeypatch.setattr("engine.cli.destinations.fault_plan", lambda spec, seed_=0: blob_plan(seed))
     monkeypatch.setattr(
         mp_module,
         "MatterportSandboxConfig",

@@ -163,7 +163,7 @@ def test_a_corrupted_middle_line_stops_the_run_with_its_number(
 
 
 def test_a_short_write_is_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.journal as journal_module
+    import engine.journal.log as journal_module
 
     real_write = os.write
 

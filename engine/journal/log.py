@@ -1,235 +1,29 @@
-"""The resume log: append-only JSON lines, one record per fact, fsynced as written.
+"""The journal file: replay, appends with checksums, the state directory's lock.
 
-Rules:
-- records are facts in the order they happened; state is their replay (``replay`` is pure);
-- a key is built by one of the ``*_key`` functions below (a JSON array of its parts, so no
-  separator can be confused with a path); a file's records start with ``begin`` (its
-  fingerprint); a changed fingerprint starts a new generation and the old facts no longer count;
-- facts are frozen ``Fact`` records, one type per thing learned from a platform (ids, limits,
-  requested calls), with snake_case fields and integers as integers; a fact whose type is
-  ``fresh`` (a new remote upload) voids every fact, part, mark and ``done`` before it;
-- facts hold platform ids only: never tokens, never URLs (URLs carry signatures); ``part``
-  records hold a stored part's number, ETag and size;
-- a ``Mark`` is written (and fsynced) *before* the non-idempotent platform call it guards, so a
-  rerun after a crash knows the call may have happened;
-- every record carries ``crc``, the CRC-32 of the record without it; a record is applied to the
-  in-memory state only once it is written whole and fsynced (a short write is completed, a
-  failed one is cut off again and fails the run with a ``StateError``, and every later write
-  fails at once, so no platform call follows a fact that was not journaled);
-- a torn last line (the process died mid-write: no newline after it) is cut off when the journal
-  is opened, so the next record starts on a line of its own; any other unreadable line stops
-  the run with its line number and how to recover — it is never skipped silently;
-- one run at a time: the state directory is locked (``flock`` on ``lock``, holding the PID);
-  a second run is refused with the first one's PID; the lock of a dead process is free.
+See ``engine.journal`` for the rules; this module keeps the ones about bytes on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import os
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
 from engine.errors import SourceChangedError, StateError
+from engine.journal.facts import FRESH_TAGS, Fact, Mark
+from engine.journal.keys import JournalKey
 from engine.models import FileInfo, PartResult
 
-__all__ = [
-    "Fact",
-    "FileAdded",
-    "FileJournal",
-    "FileState",
-    "IngestionRequested",
-    "IngestionStarted",
-    "Journal",
-    "JournalKey",
-    "Mark",
-    "ModelChosen",
-    "ModelReady",
-    "MultipartStarted",
-    "PartLimitsKnown",
-    "SessionOpened",
-    "UploadStarted",
-    "UploadVoided",
-    "encode",
-    "matterport_file_key",
-    "matterport_session_key",
-    "presigned_key",
-    "read_states",
-    "replay",
-    "s3_key",
-    "speckle_key",
-]
+__all__ = ["FileJournal", "FileState", "Journal", "encode", "read_states", "replay"]
 
-F = TypeVar("F", bound="Fact")
-
-
-# ---- keys ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class JournalKey:
-    """One journal key: a kind and the parts that make it unique (destination first)."""
-
-    kind: str
-    parts: tuple[str, ...]
-
-    def __str__(self) -> str:
-        return orjson.dumps([self.kind, *self.parts]).decode()
-
-
-def presigned_key(file: FileInfo) -> JournalKey:
-    return JournalKey("presigned", (file.key,))
-
-
-def s3_key(endpoint: str, bucket: str, key: str, file: FileInfo) -> JournalKey:
-    return JournalKey("s3", (endpoint, bucket, key, file.key))
-
-
-def speckle_key(server: str, project_id: str, model_ref: str, file: FileInfo) -> JournalKey:
-    return JournalKey("speckle", (server, project_id, model_ref, file.key))
-
-
-def matterport_session_key(
-    endpoint: str, organization: str, files: Sequence[FileInfo]
-) -> JournalKey:
-    return JournalKey("matterport-session", (endpoint, organization, *sorted(f.key for f in files)))
-
-
-def matterport_file_key(endpoint: str, session_id: str, file: FileInfo) -> JournalKey:
-    return JournalKey("matterport-file", (endpoint, session_id, file.key))
-
-
-# ---- facts ---------------------------------------------------------------------------------------
-
-
-class Mark(enum.StrEnum):
-    """A non-idempotent call that may have happened (written before it is sent)."""
-
-    COMMIT_REQUESTED = "commit-requested"
-    COMMITTED = "committed"
-    INGESTION_REQUESTED = "ingestion-requested"
-
-
-@dataclass(frozen=True, slots=True)
-class Fact:
-    """Something learned from a platform. ``tag`` names the type in the journal."""
-
-    tag: ClassVar[str] = ""
-    fresh: ClassVar[bool] = False  # a new remote upload: everything before it is void
-
-    def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Self | None:
-        """The fact, or ``None`` when the record does not hold one of this type."""
-        try:
-            return cls(**{f.name: raw[f.name] for f in fields(cls)})
-        except (KeyError, TypeError):
-            return None
-
-
-@dataclass(frozen=True, slots=True)
-class MultipartStarted(Fact):
-    """S3: ``CreateMultipartUpload`` answered."""
-
-    tag: ClassVar[str] = "s3.multipart"
-    fresh: ClassVar[bool] = True
-    bucket: str
-    key: str
-    upload_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOpened(Fact):
-    """Matterport: ``addImportSession`` answered for these files (path -> [size, mtime_ns])."""
-
-    tag: ClassVar[str] = "matterport.session"
-    fresh: ClassVar[bool] = True
-    session_id: str
-    files: dict[str, list[int]]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelReady(Fact):
-    """Matterport: the committed session's model."""
-
-    tag: ClassVar[str] = "matterport.model"
-    model_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class FileAdded(Fact):
-    """Matterport: the file's ids in its session (``addE57Object``)."""
-
-    tag: ClassVar[str] = "matterport.file"
-    session_id: str
-    client_id: str
-    e57_id: str
-    file_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class PartLimitsKnown(Fact):
-    """Matterport: the part limits ``requestPartUpload`` gave for the file, in bytes."""
-
-    tag: ClassVar[str] = "matterport.limits"
-    min_size: int
-    max_size: int
-
-
-@dataclass(frozen=True, slots=True)
-class UploadStarted(Fact):
-    """Speckle: ``generateUploadUrl`` answered with a new blob."""
-
-    tag: ClassVar[str] = "speckle.upload"
-    fresh: ClassVar[bool] = True
-    project_id: str
-    model_id: str
-    file_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ModelChosen(Fact):
-    """Speckle: the stored blob now goes to this model."""
-
-    tag: ClassVar[str] = "speckle.model"
-    model_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class IngestionRequested(Fact):
-    """Speckle: ``startFileIngestion`` is about to be sent with this ETag, at this time (ISO)."""
-
-    tag: ClassVar[str] = "speckle.ingestion-requested"
-    etag: str
-    requested_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class IngestionStarted(Fact):
-    """Speckle: the ingestion's id."""
-
-    tag: ClassVar[str] = "speckle.ingestion"
-    ingestion_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class UploadVoided(Fact):
-    """The remote upload can never complete (its blob is spent): a rerun starts over."""
-
-    tag: ClassVar[str] = "void"
-    fresh: ClassVar[bool] = True
-
-
-# ---- state ---------------------------------------------------------------------------------------
+F = TypeVar("F", bound=Fact)
 
 
 @dataclass(slots=True)
@@ -254,9 +48,6 @@ class FileState:
         self.done = None
 
 
-_FRESH_TAGS = frozenset(t.tag for t in Fact.__subclasses__() if t.fresh)
-
-
 def _apply(states: dict[str, FileState], rec: Mapping[str, Any]) -> None:
     op, key = rec.get("op"), rec.get("key")
     if not isinstance(key, str):
@@ -269,7 +60,7 @@ def _apply(states: dict[str, FileState], rec: Mapping[str, Any]) -> None:
         tag, data = rec.get("type"), rec.get("data")
         if not isinstance(tag, str) or not isinstance(data, dict):
             return
-        if tag in _FRESH_TAGS:
+        if tag in FRESH_TAGS:
             st.void()
         st.facts[tag] = data
     elif op == "part":
