@@ -4,6 +4,7 @@ The public surface is this list; everything else is internal.
 """
 
 from engine.client import Uploader
+from engine.clock import Clock, FakeClock, SystemClock
 from engine.config import GiB, KiB, MiB, UploadConfig
 from engine.errors import (
     AuthenticationError,
@@ -23,6 +24,7 @@ from engine.errors import (
     ServiceError,
     SourceChangedError,
     SourceError,
+    StateError,
     TooLargeError,
     TransferError,
     UploadError,
@@ -38,34 +40,53 @@ from engine.events import (
     PartRetry,
     Phase,
 )
-from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec, UploadResult
+from engine.models import (
+    FileInfo,
+    PartLimits,
+    PartRequest,
+    PartResult,
+    PartSpec,
+    PresignedRemote,
+    Remote,
+    UploadResult,
+)
 from engine.plan import plan_parts
-from engine.providers.matterport import Matterport, MatterportCredentials, MatterportResult
-from engine.providers.s3 import S3Target
-from engine.providers.speckle import Speckle, SpeckleCredentials, SpeckleResult
-from engine.target import PresignedMultipart, Target, TargetContext
+from engine.providers.matterport import (
+    Matterport,
+    MatterportCredentials,
+    MatterportFileRemote,
+    MatterportResult,
+)
+from engine.providers.s3 import S3Object, S3Target
+from engine.providers.speckle import Speckle, SpeckleCredentials, SpeckleResult, SpeckleVersion
+from engine.retry import RetryPolicy
+from engine.target import HasServices, PresignedMultipart, Services, Target, TargetContext
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
     "BytesSent",
+    "Clock",
     "ConfigError",
     "ConflictError",
     "Event",
     "EventHook",
+    "FakeClock",
     "FileFailed",
     "FileFinished",
     "FileInfo",
     "FileStarted",
     "FormatError",
     "GiB",
+    "HasServices",
     "InputError",
     "InterruptedUpload",
     "InvalidRequestError",
     "KiB",
     "Matterport",
     "MatterportCredentials",
+    "MatterportFileRemote",
     "MatterportResult",
     "MiB",
     "NotFoundError",
@@ -79,17 +100,25 @@ __all__ = [
     "PermissionDeniedError",
     "Phase",
     "PresignedMultipart",
+    "PresignedRemote",
     "ProcessingError",
     "QuotaExceededError",
+    "Remote",
     "RemoteError",
     "RetriesExhaustedError",
+    "RetryPolicy",
+    "S3Object",
     "S3Target",
     "ServiceError",
+    "Services",
     "SourceChangedError",
     "SourceError",
     "Speckle",
     "SpeckleCredentials",
     "SpeckleResult",
+    "SpeckleVersion",
+    "StateError",
+    "SystemClock",
     "Target",
     "TargetContext",
     "TooLargeError",

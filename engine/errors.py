@@ -54,6 +54,7 @@ __all__ = [
     "TooLargeError",
     "TransferError",
     "UploadError",
+    "source_error",
 ]
 
 
@@ -147,3 +148,14 @@ class ServiceError(RemoteError):
 
 class ProcessingError(RemoteError):
     """The platform accepted the upload but could not turn it into a model or version."""
+
+
+def source_error(path: object, exc: OSError, doing: str = "read") -> SourceError:
+    """The one translation of an ``OSError`` on a local file into a one-line ``SourceError``."""
+    if isinstance(exc, FileNotFoundError):
+        return SourceError(f"{path}: no such file")
+    if isinstance(exc, PermissionError):
+        return SourceError(f"{path}: permission denied")
+    if isinstance(exc, IsADirectoryError):
+        return SourceError(f"{path}: not a regular file")
+    return SourceError(f"{path}: cannot {doing} ({exc.strerror})")

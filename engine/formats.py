@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Final, Literal
 
-from engine.errors import FormatError, SourceError
+from engine.errors import FormatError, source_error
 
 __all__ = [
     "E57_SIGNATURE",
@@ -55,14 +55,8 @@ def read_head(path: str | os.PathLike[str], size: int = HEAD_SIZE) -> bytes:
     try:
         with p.open("rb") as f:
             return f.read(size)
-    except FileNotFoundError:
-        raise SourceError(f"{p}: no such file") from None
-    except PermissionError:
-        raise SourceError(f"{p}: permission denied") from None
-    except IsADirectoryError:
-        raise SourceError(f"{p}: not a regular file") from None
     except OSError as exc:
-        raise SourceError(f"{p}: cannot read ({exc.strerror})") from exc
+        raise source_error(p, exc) from exc
 
 
 def sniff(path: str | os.PathLike[str]) -> Format | None:

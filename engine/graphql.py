@@ -179,7 +179,8 @@ class GraphQLClient:
             if attempt.last or (not retry and failure.status != 429):
                 n = attempt.number
                 raise ServiceError(
-                    f"{op}: {failure.message}" + (f" (gave up after {n} attempts)" if n > 1 else ""),
+                    f"{op}: {failure.message}"
+                    + (f" (gave up after {n} attempts)" if n > 1 else ""),
                     code=failure.code,
                 )
         raise AssertionError("unreachable")  # pragma: no cover

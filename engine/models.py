@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -91,7 +92,7 @@ class FileInfo:
         except PermissionError:
             raise SourceError(f"{given.absolute()}: permission denied") from None
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop on 3.11/3.12
-            reason = exc.strerror if isinstance(exc, OSError) else "symbolic link loop"
+            reason = exc.strerror if isinstance(exc, OSError) else os.strerror(errno.ELOOP)
             raise SourceError(f"{given.absolute()}: cannot read ({reason})") from exc
         if not stat.S_ISREG(st.st_mode):
             raise SourceError(f"{p}: not a regular file")

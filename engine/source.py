@@ -17,7 +17,7 @@ import os
 from types import TracebackType
 from typing import Self
 
-from engine.errors import SourceChangedError, SourceError
+from engine.errors import SourceChangedError, SourceError, source_error
 from engine.models import FileInfo
 
 __all__ = ["FileSource", "read_chunk"]
@@ -37,12 +37,8 @@ class FileSource:
     def __enter__(self) -> Self:
         try:
             self.fd = os.open(self.info.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            raise SourceError(f"{self.info.path}: no such file") from None
-        except PermissionError:
-            raise SourceError(f"{self.info.path}: permission denied") from None
         except OSError as exc:
-            raise SourceError(f"{self.info.path}: cannot open ({exc.strerror})") from exc
+            raise source_error(self.info.path, exc, "open") from exc
         try:
             self.check_unchanged()
         except BaseException:
@@ -63,7 +59,7 @@ class FileSource:
     def check_unchanged(self, *, uploading: bool = False) -> None:
         """Raise ``SourceChangedError`` if the file's fingerprint differs from the plan."""
         try:
-            st = os.stat(self.info.path)  # by path: a file replaced by rename shows too
+            st = self.info.path.stat()  # by path: a file replaced by rename shows too
         except OSError:
             st = os.fstat(self.fd)
         changes = self.info.differences(st)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import anyio
 
+from engine.clock import Clock, SystemClock
 from engine.config import UploadConfig
 from engine.errors import (
     InputError,
@@ -33,16 +34,15 @@ from engine.errors import (
 )
 from engine.events import (
     BytesSent,
+    Event,
     EventHook,
     FileFailed,
     FileFinished,
     FileStarted,
     PartDone,
     PartRetry,
-    Event,
     Phase,
 )
-from engine.clock import Clock, SystemClock
 from engine.journal import FileJournal, Journal, JournalKey
 from engine.models import FileInfo, PartResult, PartSpec, UploadResult
 from engine.plan import plan_parts

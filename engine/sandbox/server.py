@@ -19,7 +19,6 @@ Routes: ``PUT /blob/{key}`` (presigned uploads), ``POST /api/import/graph`` (Mat
 from __future__ import annotations
 
 import argparse
-import secrets
 import shutil
 import signal
 import socket
@@ -27,67 +26,24 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol, runtime_checkable
 
 import anyio
 import anyio.to_thread
-import orjson
 from aiohttp import web
 
 from engine.sandbox.blobstore import BlobError, BlobStore, MiB, validate_key
-from engine.sandbox.faults import FaultPlan
+from engine.sandbox.config import SandboxConfig
+from engine.sandbox.options import add_serve_options, config_from_args
+from engine.sandbox.responses import json_response
 
 __all__ = ["ControlPlane", "Sandbox", "SandboxConfig", "main", "serve"]
 
 _READ_BUFSIZE: Final = 1 * MiB  # aiohttp pauses the socket at 2x this per connection
 _SHUTDOWN_TIMEOUT: Final = 1.0  # seconds granted to in-flight handlers when the sandbox stops
-
-_PROCESS_SECRET: Final = secrets.token_bytes(32)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SandboxConfig:
-    """How to run the sandbox. Sizes in bytes.
-
-    ``data_dir=None`` uses a temporary directory removed on exit (none at all with ``discard``).
-    ``port=0`` binds an ephemeral port. ``secret`` signs presigned URLs (random per process).
-    ``matterport`` / ``speckle`` are the control planes' own configs (``None``: their defaults).
-    ``storage_url``: keep blobs in S3-compatible storage instead (``s3://BUCKET[/PREFIX]?
-    endpoint_url=...``, see :mod:`engine.sandbox.s3store`); ``data_dir`` then holds validation
-    copies, and ``faults`` must be empty: fault injection does not apply to external storage.
-    """
-
-    data_dir: Path | None = None
-    host: str = "127.0.0.1"
-    port: int = 0
-    secret: bytes = field(default=_PROCESS_SECRET, repr=False)
-    discard: bool = False
-    faults: FaultPlan = field(default_factory=FaultPlan)
-    min_part_size: int = 5 * MiB
-    max_part_size: int = 5 * 1024 * MiB
-    matterport: Any = None
-    speckle: Any = None
-    storage_url: str | None = None
-
-    def __post_init__(self) -> None:
-        if not (0 <= self.port <= 65535):
-            raise ValueError(f"port must be in 0..65535, got {self.port}")
-        if not self.secret:
-            raise ValueError("secret must not be empty")
-        if not (0 <= self.min_part_size <= self.max_part_size):
-            raise ValueError("need 0 <= min_part_size <= max_part_size")
-        if self.storage_url is not None:
-            from engine.sandbox.s3store import S3Location
-
-            S3Location.parse(self.storage_url)  # raises ValueError with the reason
-            if self.faults.active:
-                raise ValueError(
-                    "fault injection applies to the sandbox's own blob store only, not to "
-                    "external storage (storage_url)"
-                )
 
 
 @runtime_checkable
@@ -242,17 +198,19 @@ class Sandbox:
         return result
 
     async def _handle_stats(self, request: web.Request) -> web.Response:
-        return _json_response(self.stats())
+        return json_response(self.stats(), non_str_keys=True)
 
     async def _handle_object(self, request: web.Request) -> web.Response:
         try:
             key = validate_key(request.match_info["key"])
         except BlobError as exc:
-            return _json_response({"error": exc.code, "message": exc.message}, status=exc.status)
+            return json_response(
+                {"error": exc.code, "message": exc.message}, status=exc.status, non_str_keys=True
+            )
         stored = self.store.head(key)
         if stored is None:
-            return _json_response({"error": "NoSuchKey", "key": key}, status=404)
-        return _json_response(asdict(stored))
+            return json_response({"error": "NoSuchKey", "key": key}, status=404, non_str_keys=True)
+        return json_response(asdict(stored), non_str_keys=True)
 
 
 async def _open_s3_store(url: str, cache_dir: Path | None, discard: bool) -> BlobStore:
@@ -261,14 +219,6 @@ async def _open_s3_store(url: str, cache_dir: Path | None, discard: bool) -> Blo
     store = S3BlobStore(S3Location.parse(url), cache_dir=cache_dir, discard=discard)
     await anyio.to_thread.run_sync(store.open)
     return store
-
-
-def _json_response(payload: Any, *, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS),
-        content_type="application/json",
-    )
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -307,30 +257,10 @@ def _parse_args(argv: Sequence[str] | None) -> SandboxConfig:
         prog="python -m engine.sandbox.server",
         description="Run the upload-engine sandbox (blob store + Matterport + Speckle planes).",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--data-dir", type=Path, default=None, help="default: a temp dir")
-    parser.add_argument("--discard", action="store_true", help="hash and count, store nothing")
-    parser.add_argument("--min-part-size", type=int, default=5 * MiB, help="bytes")
-    parser.add_argument("--faults", default="", help='e.g. "503=0.05,reset=0.02,throttle=0.05"')
-    parser.add_argument("--seed", type=int, default=0, help="fault seed")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per blob request")
-    parser.add_argument("--storage", default=None, help="s3://BUCKET?endpoint_url=... (no faults)")
+    add_serve_options(parser)
     args = parser.parse_args(argv)
     try:
-        faults = FaultPlan.from_spec(args.faults, seed=args.seed, latency=args.latency)
-    except ValueError as exc:
-        parser.error(str(exc))
-    try:
-        return SandboxConfig(
-            host=args.host,
-            port=args.port,
-            data_dir=args.data_dir,
-            discard=args.discard,
-            min_part_size=args.min_part_size,
-            faults=faults,
-            storage_url=args.storage,
-        )
+        return config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
 

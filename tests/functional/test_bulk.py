@@ -47,9 +47,9 @@ import pytest
 from engine import cli
 from engine.config import KiB, MiB
 from engine.journal import replay
-from engine.progress import human_bytes
 from engine.sandbox.e57 import write_sample_e57
 from engine.sandbox.ifc import write_sample_ifc
+from engine.units import human_bytes
 
 BIN = str(Path(sys.executable).with_name("upload-engine"))
 ORG = "sandbox-org"

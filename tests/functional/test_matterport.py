@@ -3,17 +3,20 @@
 No mocks: the sandbox executes the seed's GraphQL documents against its SDL, signs and checks
 every presigned URL, stores parts on disk, assembles them, checks the result as E57 and records
 its MD5. Every successful import is checked byte for byte (the sandbox's MD5 of the assembled
-file equals the source's). Part limits are scaled down (256 KiB parts) so tests stay fast.
+file equals the source's). Part limits are scaled down (256 KiB parts) so tests stay fast, and
+the uploaders run on a ``FakeClock``: backoff and polling waits are virtual time.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from engine import (
@@ -38,6 +41,7 @@ from engine import (
     UploadConfig,
     Uploader,
 )
+from engine.clock import FakeClock
 from engine.graphql import GraphQLFailure
 from engine.providers.matterport import (
     ADD_E57_OBJECT,
@@ -46,6 +50,7 @@ from engine.providers.matterport import (
     REQUEST_PART_UPLOAD,
     Matterport,
     MatterportCredentials,
+    MatterportFileRemote,
     MatterportResult,
     classify,
 )
@@ -59,10 +64,7 @@ pytestmark = pytest.mark.anyio
 CREDENTIALS = MatterportCredentials("sandbox-token-id", "sandbox-token-secret")
 ORG = "sandbox-org"
 PART = 256 * KiB
-
-
-async def no_wait(_: float) -> None:
-    return None
+CHANGED = "changed since the last run: uploading it from the start"
 
 
 @asynccontextmanager
@@ -85,8 +87,11 @@ def provider(
     sb: Sandbox,
     credentials: MatterportCredentials = CREDENTIALS,
     *,
-    model_deadline: float = 10.0,
+    model_deadline: float = 600.0,
 ) -> Matterport:
+    """A client of the sandbox's plane. With the tests' ``FakeClock`` the polls for the model
+    do not wait, so ``model_deadline`` is virtual time: what bounds a wait in practice is the
+    sandbox's real ``model_delay``."""
     return Matterport(
         credentials,
         endpoint=f"{sb.url}/api/import/graph",
@@ -96,13 +101,19 @@ def provider(
 
 
 def uploader(
-    events: list[Event] | None = None, journal: Path | None = None, **config: Any
+    events: list[Event] | None = None,
+    journal: Path | None = None,
+    *,
+    clock: FakeClock | None = None,
+    **config: Any,
 ) -> Uploader:
     config.setdefault("part_size", PART)
     config.setdefault("concurrency", 4)
     config.setdefault("backoff_base", 0.0)
     hook = events.append if events is not None else None
-    return Uploader(UploadConfig(**config), on_event=hook, journal=journal, sleep=no_wait)
+    return Uploader(
+        UploadConfig(**config), on_event=hook, journal=journal, clock=clock or FakeClock()
+    )
 
 
 def sample(tmp_path: Path, name: str, size: int, seed: int) -> tuple[Path, str]:
@@ -130,6 +141,16 @@ def puts(sb: Sandbox) -> dict[int, int]:
     return out
 
 
+def begins(journal: Path) -> Counter[tuple[str, str]]:
+    """How often the journal began each Matterport file key: (session id, path) -> count."""
+    keys = [
+        orjson.loads(r["key"])
+        for r in map(orjson.loads, journal.read_bytes().splitlines())
+        if r["op"] == "begin"
+    ]
+    return Counter((k[2], k[3]) for k in keys if k[0] == "matterport-file")
+
+
 async def settle(sb: Sandbox) -> None:
     """Wait until every PUT the sandbox began has been answered or seen its client go (a
     cancelled client's last requests are still being read for a moment)."""
@@ -145,12 +166,12 @@ async def settle(sb: Sandbox) -> None:
 # ---- the flow ------------------------------------------------------------------------------------
 
 
-async def test_one_file_in_three_parts_sends_the_seeds_operations_in_order(
-    tmp_path: Path,
-) -> None:
+async def test_one_file_in_three_parts_sends_the_seeds_operations_in_order(tmp_path: Path) -> None:
     path, md5 = sample(tmp_path, "scan.e57", 700 * KiB, seed=1)  # 256 + 256 + 188 KiB
     events: list[Event] = []
-    async with sandbox() as (sb, mp), uploader(events) as up:
+    clock = FakeClock()
+    # model_delay: the first poll finds no model, so the import waits on the virtual clock
+    async with sandbox(model_delay=0.1) as (sb, mp), uploader(events, clock=clock) as up:
         result = await provider(sb).import_files(
             up, [path], organization=ORG, name="Demo", description="three parts"
         )
@@ -189,12 +210,11 @@ async def test_one_file_in_three_parts_sends_the_seeds_operations_in_order(
     assert [p.size for p in file.parts] == [PART, PART, path.stat().st_size - 2 * PART]
     (upload,) = result.files
     assert [p.number for p in upload.parts] == [1, 2, 3]
-    assert upload.remote == {
-        "session_id": result.session_id,
-        "client_id": "file1",
-        "file_id": file.id,
-    }
+    assert upload.remote == MatterportFileRemote(
+        session_id=result.session_id, client_id="file1", file_id=file.id
+    )
     assert result.bytes == path.stat().st_size and result.throughput > 0
+    assert result.seconds == pytest.approx(sum(clock.slept))  # timed on the services' clock
     phases = [e.message for e in events if isinstance(e, Phase)]
     assert phases == [
         f"import session {result.session_id} created",
@@ -377,13 +397,15 @@ async def test_a_cancelled_import_resumes_the_same_session_sending_only_missing_
         async with uploader(journal=journal) as up:
             again = await mport.import_files(up, [path], organization=ORG)
         assert (again.session_id, again.model_id) == (result.session_id, result.model_id)
+        assert again.files[0].remote == result.files[0].remote  # typed, from the journal
         assert sb.store.stats()["requests"] == 0
         assert mp.call_log[calls_before:] == ["importSession"]
 
     text = journal.read_text()
     assert session.id in text
     assert "sandbox-token-secret" not in text and "X-Signature" not in text
-    assert "http://" not in text
+    # no URL but the endpoint, which the keys name (``matterport_*_key``): no part URL
+    assert mport.endpoint in text and "http://" not in text.replace(mport.endpoint, "")
 
 
 @pytest.mark.parametrize("stop_at", ["upload completed", "committed"])
@@ -429,7 +451,7 @@ async def test_draining_stops_the_wait_for_the_model_and_a_rerun_picks_it_up(
 
         def drain(event: Event) -> None:
             if isinstance(event, Phase) and event.message == "waiting for the model":
-                running[0].engine.drain()
+                running[0].drain()
 
         async with Uploader(UploadConfig(part_size=PART), on_event=drain, journal=journal) as up:
             running.append(up)
@@ -459,6 +481,40 @@ async def test_a_changed_file_starts_a_new_session_or_is_refused(tmp_path: Path)
         assert_arrived(mp, second, [md5])
 
 
+async def test_a_file_edited_between_runs_is_reported_once_as_changed(tmp_path: Path) -> None:
+    edited, _ = sample(tmp_path, "floor1.e57", 300 * KiB, seed=1)
+    kept, kept_md5 = sample(tmp_path, "floor2.e57", 300 * KiB, seed=2)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox() as (sb, mp):
+        mport = provider(sb)
+        events: list[Event] = []
+        async with uploader(events, journal=journal) as up:
+            first = await mport.import_files(up, [edited, kept], organization=ORG)
+        assert not [e for e in events if isinstance(e, Phase) and e.message == CHANGED]
+        edited_md5 = write_sample_e57(edited, 300 * KiB, seed=3)  # same size, new bytes and mtime
+        events.clear()
+        async with uploader(events, journal=journal) as up:
+            second = await mport.import_files(up, [edited, kept], organization=ORG)
+        assert second.session_id != first.session_id
+        assert_arrived(mp, second, [edited_md5, kept_md5])
+        changed = [e.path for e in events if isinstance(e, Phase) and e.message == CHANGED]
+        assert changed == [edited.absolute()]  # once, and only for the file that changed
+        events.clear()
+        async with uploader(events, journal=journal) as up:
+            third = await mport.import_files(up, [edited, kept], organization=ORG)
+        assert (third.session_id, third.model_id) == (second.session_id, second.model_id)
+        assert not [e for e in events if isinstance(e, Phase) and e.message == CHANGED]
+    # each file begun once per session (the engine's own begin found it begun); the edited one
+    # once more under the first session: that begin is what reported the change
+    a, b, old, new = (
+        str(edited.absolute()),
+        str(kept.absolute()),
+        first.session_id,
+        second.session_id,
+    )
+    assert begins(journal) == {(old, a): 2, (old, b): 1, (new, a): 1, (new, b): 1}
+
+
 # ---- errors ----------------------------------------------------------------------------------
 
 
@@ -484,12 +540,20 @@ async def test_a_file_the_platform_cannot_ingest_times_out_naming_the_session(
     with path.open("r+b") as f:
         f.seek(100 * KiB)
         f.write(b"\xff" * 64)  # breaks a page CRC
-    async with sandbox() as (sb, mp), uploader() as up:
+    clock = FakeClock()
+    async with sandbox() as (sb, mp), uploader(clock=clock) as up:
         with pytest.raises(ProcessingError) as err:
             await provider(sb, model_deadline=0.5).import_files(up, [path], organization=ORG)
-    (session,) = mp.sessions.values()
+        (session,) = mp.sessions.values()
+        with anyio.fail_after(5):  # the deadline is virtual time: let the plane's check finish
+            await mp.wait_processed(session.id)
     assert str(err.value).startswith(f"importSession: no model for import session {session.id}")
     assert session.failure is not None and "not a valid E57" in session.failure
+    # polled every 0.01 s, growing by half up to 0.08 s, never past the deadline of 0.5 s
+    growing = [0.01 * 1.5**k for k in range(6)]
+    assert clock.slept[:6] == pytest.approx(growing)
+    assert clock.slept[6:-1] == pytest.approx([0.08] * (len(clock.slept) - 7))
+    assert sum(clock.slept) == pytest.approx(0.5) and 0 < clock.slept[-1] <= 0.08
 
 
 async def test_wrong_credentials(tmp_path: Path) -> None:
@@ -550,7 +614,7 @@ async def test_server_side_codes_map_to_errors(tmp_path: Path) -> None:
     """not.found, not.unique and request.invalid (state violations, schema violations), each
     from the sandbox through the provider's classify."""
     async with sandbox() as (sb, _mp), uploader() as up:
-        gql = provider(sb).graphql(up.engine)
+        gql = provider(sb).graphql(up.services)
         with pytest.raises(NotFoundError) as nf:
             await gql.execute(BEGIN_UPLOAD, {"importSessionId": "nope", "importFileId": "file1"})
         assert str(nf.value) == "beginUpload: No import session with id 'nope' (not.found)"

@@ -196,7 +196,8 @@ def test_credentials_never_come_from_argv(capsys: pytest.CaptureFixture[str]) ->
 def test_tls_verification_is_on_by_default_and_off_only_with_a_warning(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from engine.cli import build_parser, engine_config
+    from engine.cli import build_parser
+    from engine.cli.options import engine_config
     from engine.config import UploadConfig
 
     assert UploadConfig().verify_tls

@@ -10,6 +10,7 @@ import dataclasses
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,25 @@ from engine import (
     UploadConfig,
     Uploader,
 )
+from engine.clock import Clock, FakeClock, SystemClock
+from engine.journal import (
+    FileState,
+    IngestionRequested,
+    IngestionStarted,
+    Journal,
+    Mark,
+    UploadStarted,
+    UploadVoided,
+)
+from engine.models import FileInfo
 from engine.providers.speckle import (
     START_FILE_INGESTION,
+    Ingestion,
     Speckle,
     SpeckleCredentials,
     SpeckleFileTarget,
     SpeckleResult,
+    SpeckleVersion,
 )
 from engine.sandbox.e57 import write_sample_e57
 from engine.sandbox.faults import FaultPlan
@@ -82,6 +96,21 @@ def client(sb: Sandbox, token: str = TOKEN, **kw: Any) -> Speckle:
     return Speckle(SpeckleCredentials(token), server=sb.url, **kw)
 
 
+def fake_clock() -> FakeClock:
+    """Virtual time that starts at the real date: the sandbox stamps ``createdAt`` with the wall
+    clock, and the recovery compares it with the journaled ``requested_at``."""
+    return FakeClock(start=datetime.now(UTC))
+
+
+def journal_state(journal: Path, target: SpeckleFileTarget, path: Path) -> FileState:
+    """What the journal file holds for ``path`` under ``target``'s key."""
+    j = Journal(journal)
+    try:
+        return j.for_key(target.journal_key(FileInfo.of(path))).state
+    finally:
+        j.close()
+
+
 def ifc(tmp_path: Path, name: str = "scan.ifc", size: int = SIZE) -> tuple[Path, str]:
     path = tmp_path / name
     return path, write_sample_ifc(path, size, seed=7)
@@ -95,8 +124,13 @@ async def upload(
     events: list[Event] | None = None,
     journal: Path | None = None,
     on_event: Callable[[Event], None] | None = None,
+    clock: Clock | None = None,
+    config: UploadConfig = CONFIG,
     **kw: Any,
 ) -> tuple[SpeckleResult, SpeckleFileTarget]:
+    """One upload; waits run on ``clock`` (default: virtual time, ``fake_clock()``); the
+    sandbox's ingestions advance on the wall clock, so tests that wait on them pass a
+    ``SystemClock``."""
     target = target or client(sb).target(project_id=kw.pop("project_id", PROJECT), **kw)
     sink = events if events is not None else []
 
@@ -105,7 +139,7 @@ async def upload(
         if on_event is not None:
             on_event(event)
 
-    async with Uploader(CONFIG, on_event=hook, journal=journal) as up:
+    async with Uploader(config, on_event=hook, journal=journal, clock=clock or fake_clock()) as up:
         result = await up.upload(path, target)
     return SpeckleResult.from_upload(result), target
 
@@ -126,7 +160,8 @@ async def test_new_model_operations_and_journal(tmp_path: Path) -> None:
     path, digest = ifc(tmp_path)
     journal = tmp_path / "journal.jsonl"
     async with sandbox(additional_header=("x-amz-meta-origin", "upload-engine")) as sb:
-        result, target = await upload(sb, path, journal=journal)
+        # The wall clock: the throughput below is bytes over real seconds.
+        result, target = await upload(sb, path, journal=journal, clock=SystemClock())
         assert target.calls == NEW_MODEL_OPERATIONS
         assert_ingested_once(sb, result, digest)
         model = plane(sb).model_by_name(PROJECT, "scan")  # the file's stem
@@ -137,13 +172,32 @@ async def test_new_model_operations_and_journal(tmp_path: Path) -> None:
     text = journal.read_text()
     assert "X-Signature" not in text and "/blob/" not in text and TOKEN not in text
     assert result.file_id in text and result.ingestion_id in text
+    st = journal_state(journal, target, path)
+    assert st.get(UploadStarted) == UploadStarted(
+        project_id=PROJECT, model_id=result.model_id, file_id=result.file_id
+    )
+    requested = st.get(IngestionRequested)
+    assert requested is not None and requested.etag == result.upload.parts[0].etag
+    assert datetime.fromisoformat(requested.requested_at).tzinfo is not None
+    assert st.get(IngestionStarted) == IngestionStarted(ingestion_id=result.ingestion_id)
+    assert st.marks == {Mark.INGESTION_REQUESTED}
+    assert result.upload.remote == SpeckleVersion(
+        project_id=PROJECT,
+        model_id=result.model_id,
+        file_id=result.file_id,
+        ingestion_id=result.ingestion_id,
+        version_id=result.version_id,
+    )
+    assert st.done == result.upload.remote.to_record()
 
 
 async def test_progress_is_reported_as_phases(tmp_path: Path) -> None:
     path, digest = ifc(tmp_path)
     events: list[Event] = []
     async with sandbox(step_delay=0.1, processing_steps=3) as sb:
-        result, _ = await upload(sb, path, events=events, model_name="progress")
+        result, _ = await upload(
+            sb, path, events=events, model_name="progress", clock=SystemClock()
+        )
         assert_ingested_once(sb, result, digest)
     # Wall-clock driven (queued 0.1 s, then 3 processing steps of 0.1 s): which statuses a poll
     # sees depends on timing, so only what holds under any load is asserted.
@@ -212,14 +266,16 @@ async def test_put_faults_are_retried(tmp_path: Path) -> None:
     path, digest = ifc(tmp_path)
     faults = FaultPlan(rates={"503": 0.5, "reset": 0.5}, max_faulty_attempts=2)
     events: list[Event] = []
+    clock = fake_clock()
     async with sandbox(faults=faults) as sb:
-        result, target = await upload(sb, path, events=events)
+        result, target = await upload(sb, path, events=events, clock=clock)
         assert_ingested_once(sb, result, digest)
         assert puts(sb) == 3
         assert target.calls.count("GenerateFileUploadUrl") == 1  # same URL for every attempt
     retries = [e for e in events if isinstance(e, PartRetry)]
     assert [r.attempt for r in retries] == [1, 2]
     assert result.upload.retries == 2
+    assert clock.slept == [r.delay for r in retries]  # every wait went through the clock
 
 
 async def test_expired_url_gets_a_fresh_one(tmp_path: Path) -> None:
@@ -257,10 +313,12 @@ async def test_additional_header_is_required_and_sent(tmp_path: Path) -> None:
 @pytest.mark.parametrize("every", [2, 4])
 async def test_rate_limits_are_survived(tmp_path: Path, every: int) -> None:
     path, digest = ifc(tmp_path)
+    clock = fake_clock()
     async with sandbox(rate_limit_every=every, retry_after=0.01) as sb:
-        result, target = await upload(sb, path)
+        result, target = await upload(sb, path, clock=clock)
         assert_ingested_once(sb, result, digest)
         assert plane(sb).stats()["rate_limited"] >= 1
+        assert len(clock.slept) == plane(sb).stats()["rate_limited"]  # one wait per 429
         if every == 4:
             # The 4th request (startFileIngestion) was throttled: a 429 is refused before the
             # server runs anything, so it is simply sent again, and registered exactly once.
@@ -301,6 +359,7 @@ async def test_crash_between_put_and_completion_resumes_without_put(tmp_path: Pa
         assert dataclasses.replace(again, upload=result.upload, seconds=0) == dataclasses.replace(
             result, seconds=0
         )
+        assert again.upload.remote == result.upload.remote  # rebuilt typed from the journal
         assert plane(sb).calls["startFileIngestion"] == 1
 
 
@@ -314,24 +373,26 @@ async def test_crash_while_polling_never_starts_twice(tmp_path: Path) -> None:
                 if isinstance(event, Phase) and event.message.startswith("ingestion "):
                     scope.cancel()
 
-            await upload(sb, path, journal=journal, on_event=crash)
+            await upload(sb, path, journal=journal, on_event=crash, clock=SystemClock())
         assert scope.cancelled_caught
         assert plane(sb).calls["startFileIngestion"] == 1
 
-        result, target = await upload(sb, path, journal=journal)
+        result, target = await upload(sb, path, journal=journal, clock=SystemClock())
         assert set(target.calls) == {"Ingestion"}
         assert puts(sb) == 1
         assert_ingested_once(sb, result, digest)
 
 
-class _AnswerLost(SpeckleFileTarget):
+class _StartAnswerLost(Ingestion):
     """startFileIngestion reaches the server, then the process dies before it hears back."""
 
-    async def _send_start(self, ctx: Any, etag: str) -> str:
-        await self._client(ctx).execute(
-            START_FILE_INGESTION, self._start_variables(etag), retry=False
-        )
+    async def send_start(self, etag: str) -> str:
+        await self.gql.execute(START_FILE_INGESTION, self.start_variables(etag), retry=False)
         raise KeyboardInterrupt
+
+
+class _AnswerLost(SpeckleFileTarget):
+    ingestion_type = _StartAnswerLost
 
 
 async def test_lost_answer_is_found_not_duplicated(tmp_path: Path) -> None:
@@ -343,9 +404,13 @@ async def test_lost_answer_is_found_not_duplicated(tmp_path: Path) -> None:
             await upload(sb, path, journal=journal, target=lossy)
         assert plane(sb).calls["startFileIngestion"] == 1
         (ingestion_id,) = plane(sb).ingestions
+        lost = journal_state(journal, lossy, path)
+        assert Mark.INGESTION_REQUESTED in lost.marks and lost.get(IngestionStarted) is None
 
-        result, target = await upload(sb, path, journal=journal)
+        clock = fake_clock()
+        result, target = await upload(sb, path, journal=journal, clock=clock)
         assert result.ingestion_id == ingestion_id
+        assert sum(clock.slept) == 0  # nothing was unsure: no pause before sending again
         assert puts(sb) == 1
         # The sandbox's schema has no Model.ingestionHistory, so the exact lookup is refused
         # (GRAPHQL_VALIDATION_FAILED); the call is sent once more, refused as already registered,
@@ -360,6 +425,32 @@ async def test_lost_answer_is_found_not_duplicated(tmp_path: Path) -> None:
         assert p.calls["startFileIngestion"] == 2
         assert len(p.ingestions) == len(p.versions) == 1
         assert p.ingested_md5[result.file_id] == digest
+
+
+@pytest.mark.parametrize(("base", "least", "most"), [(0.0, 0.01, 0.01), (5.0, 0.01, 5.0)])
+async def test_unknown_outcome_is_looked_up_then_sent_after_a_pause(
+    tmp_path: Path, base: float, least: float, most: float
+) -> None:
+    path, digest = ifc(tmp_path)
+    # One attempt per call: the 4th request (startFileIngestion) is throttled and given up on,
+    # so its outcome is unknown to the client (the sandbox refused it before running it).
+    config = dataclasses.replace(CONFIG, max_attempts=1, backoff_base=base, backoff_cap=base)
+    clock = fake_clock()
+    async with sandbox(rate_limit_every=4) as sb:
+        result, target = await upload(sb, path, clock=clock, config=config)
+        assert target.calls == [
+            "ProjectModelByName",
+            "CreateModel",
+            "GenerateFileUploadUrl",
+            "StartFileIngestion",
+            "ModelIngestionHistory",  # not in the sandbox's schema: nothing to look up by file
+            "StartFileIngestion",
+            "Ingestion",
+        ]
+        assert_ingested_once(sb, result, digest)
+    # The pause before sending again: the policy's backoff, never less than poll_interval.
+    (pause,) = clock.slept
+    assert least <= pause <= most
 
 
 # ---- terminal ingestion statuses -----------------------------------------------------------------
@@ -394,6 +485,9 @@ async def test_failed_ingestion_reruns_from_the_start(tmp_path: Path) -> None:
     async with sandbox(force_status="failed") as sb:
         with pytest.raises(ProcessingError):
             await upload(sb, path, journal=journal)
+        void = journal_state(journal, client(sb).target(project_id=PROJECT), path)
+        assert void.get(UploadVoided) == UploadVoided()
+        assert void.get(UploadStarted) is None and not void.parts and not void.marks
         p = plane(sb)
         p.config = dataclasses.replace(p.config, force_status=None)
         result, target = await upload(sb, path, journal=journal)
@@ -406,10 +500,15 @@ async def test_failed_ingestion_reruns_from_the_start(tmp_path: Path) -> None:
 
 async def test_ingestion_deadline(tmp_path: Path) -> None:
     path, _ = ifc(tmp_path)
+    clock = fake_clock()
     async with sandbox(step_delay=10.0) as sb:
         target = client(sb, ingestion_deadline=0.05).target(project_id=PROJECT)
-        with pytest.raises(ProcessingError, match=r"still queued after 0\.05 s"):
-            await upload(sb, path, target=target)
+        with pytest.raises(ProcessingError, match=r"still queued after 0\.05 s") as err:
+            await upload(sb, path, target=target, clock=clock)
+    assert err.value.code == "deadline"
+    # poll_interval 0.01 growing by half per poll, never sleeping past the deadline.
+    assert clock.slept == pytest.approx([0.01, 0.015, 0.0225, 0.0025])
+    assert target.calls.count("Ingestion") == 5
 
 
 # ---- errors --------------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ from engine import (
     UploadConfig,
     Uploader,
 )
+from engine.cli.destinations import sandbox_target
 from engine.clock import FakeClock
-from engine.commands import sandbox_target
 from engine.models import FileInfo
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.server import Sandbox, SandboxConfig

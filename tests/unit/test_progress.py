@@ -7,9 +7,9 @@ from pathlib import Path
 
 import orjson
 
+from engine.cli.progress import ProgressView
 from engine.events import BytesSent, FileFailed, FileFinished, FileStarted, PartRetry, Phase
 from engine.models import UploadResult
-from engine.progress import ProgressView
 
 A = Path("/scans/site-a/scan.e57")
 B = Path("/scans/site-b/scan.e57")  # the same name in another folder

@@ -15,6 +15,10 @@ EXPECTED = {
     "Speckle", "SpeckleCredentials", "SpeckleResult", "Target", "TargetContext",
     "TooLargeError", "TransferError", "UploadConfig", "UploadError", "UploadResult", "Uploader",
     "__version__", "plan_parts",
+    # the typed results, the clock, the retry policy and what providers are handed
+    "Clock", "FakeClock", "SystemClock", "StateError", "PresignedRemote", "Remote",
+    "MatterportFileRemote", "S3Object", "SpeckleVersion", "RetryPolicy", "HasServices",
+    "Services",
 }  # fmt: skip
 
 

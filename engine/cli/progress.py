@@ -11,8 +11,10 @@ Everything printed is redacted.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import IO, Literal, Self
 
@@ -28,35 +30,15 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from engine import events
 from engine.errors import InterruptedUpload
-from engine.events import (
-    BytesSent,
-    Event,
-    FileFailed,
-    FileFinished,
-    FileStarted,
-    PartDone,
-    PartRetry,
-    Phase,
-    event_to_dict,
-)
+from engine.events import BytesSent, Event, FileFailed, FileFinished, FileStarted, PartRetry, Phase
 from engine.redact import redact
+from engine.units import human_bytes, human_rate
 
-__all__ = ["Mode", "ProgressView", "human_bytes", "human_rate"]
+__all__ = ["Mode", "OneFileView", "ProgressView", "progress_for"]
 
 Mode = Literal["tty", "log", "json"]
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def human_rate(bytes_per_second: float) -> str:
-    return f"{bytes_per_second / 1e6:.1f} MB/s"
 
 
 def _failure(event: FileFailed) -> str:
@@ -149,8 +131,8 @@ class ProgressView:
         elif isinstance(event, FileFailed):
             self.files_failed += 1
         if self.mode == "json":
-            if not isinstance(event, PartDone):
-                self._json(event_to_dict(event))
+            if not isinstance(event, events.PartDone):
+                self._json(events.event_to_dict(event))
             return
         if self.mode == "tty":
             self._tty(event)
@@ -238,3 +220,29 @@ class ProgressView:
             )
         elif isinstance(event, FileFailed):
             self.print(f"{name}: {_failure(event)}")
+
+
+class OneFileView(ProgressView):
+    """The view of a one-file command: its last line (``upload-engine: failed: ...``) says why
+    the file failed, so the view does not say it a second time (JSON records still do)."""
+
+    _quiet = False
+
+    def __call__(self, event: Event) -> None:
+        self._quiet = isinstance(event, FileFailed)
+        try:
+            super().__call__(event)
+        finally:
+            self._quiet = False
+
+    def print(self, message: str) -> None:
+        if not self._quiet:
+            super().print(message)
+
+
+@contextlib.contextmanager
+def progress_for(mode: Mode, *, files: int, total: int) -> Iterator[ProgressView]:
+    """The view of a command sending ``files`` files of ``total`` bytes."""
+    kind = OneFileView if files == 1 else ProgressView
+    with kind(mode, total_files=files, total_bytes=total) as view:
+        yield view

@@ -1,0 +1,199 @@
+"""What a command sends to, built from its arguments: a Matterport or Speckle client (real,
+with credentials from ``credentials``, or of the in-process sandbox), an S3 location, or the
+in-process sandbox itself.
+
+The sandbox (and with it graphql-core and crc32c) is imported only inside the functions here
+that start or talk to one, so an upload to a real platform or S3 never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from engine.cli.credentials import read_credentials
+from engine.cli.options import Kind, destination_kind
+from engine.errors import ConfigError, RemoteError
+from engine.models import FileInfo, PartLimits, PartResult
+from engine.providers.matterport import Matterport, MatterportCredentials
+from engine.providers.s3 import S3Target, parse_s3_url
+from engine.providers.speckle import Speckle, SpeckleCredentials
+from engine.target import PresignedMultipart
+
+if TYPE_CHECKING:
+    from engine.sandbox.faults import FaultPlan
+    from engine.sandbox.server import Sandbox
+
+__all__ = [
+    "Destination",
+    "S3Place",
+    "fault_plan",
+    "open_destination",
+    "sandbox",
+    "sandbox_matterport",
+    "sandbox_speckle",
+    "sandbox_target",
+]
+
+
+@dataclass(frozen=True)
+class S3Place:
+    """``--to s3://BUCKET/KEY`` and the S3 flags: an object key, or a prefix ending in ``/``
+    (or nothing) under which each file keeps its name."""
+
+    bucket: str
+    key: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    verify_tls: bool = True
+
+    def key_for(self, path: Path) -> str:
+        return self.key + path.name if (not self.key or self.key.endswith("/")) else self.key
+
+    def target(self, path: Path) -> S3Target:
+        return S3Target(
+            self.bucket,
+            self.key_for(path),
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            profile=self.profile,
+            verify_tls=self.verify_tls,
+        )
+
+
+@dataclass
+class Destination:
+    """What ``--to`` opened: the platform clients it uses (with the organization or project to
+    import into), the S3 location, and the in-process sandbox for ``--to sandbox*``."""
+
+    to: str
+    matterport: Matterport | None = None
+    organization: str = ""
+    speckle: Speckle | None = None
+    project: str = ""
+    s3: S3Place | None = None
+    sandbox: Sandbox | None = None
+
+    @property
+    def resumable(self) -> bool:
+        """A journal helps a rerun: not with a fresh sandbox, which cannot resume old work."""
+        return self.sandbox is None
+
+
+@asynccontextmanager
+async def open_destination(
+    args: argparse.Namespace, *, sandbox_dir: Path | None = None
+) -> AsyncIterator[Destination]:
+    """The destination of ``args.to`` (flags checked by ``options.check_destination``); for
+    ``--to sandbox*`` a sandbox keeping its bytes in ``sandbox_dir``, running until exit."""
+    kind = destination_kind(args.to)
+    if not args.to.startswith("sandbox"):
+        yield _remote(args, kind)
+        return
+    async with sandbox(sandbox_dir, args.sandbox_faults) as sb:
+        dest = Destination(args.to, sandbox=sb)
+        if kind in ("matterport", "sandbox"):
+            dest.matterport, dest.organization = sandbox_matterport(sb, args.organization)
+        if kind in ("speckle", "sandbox"):
+            dest.speckle, dest.project = sandbox_speckle(sb, args.project)
+        yield dest
+
+
+def _remote(args: argparse.Namespace, kind: Kind) -> Destination:
+    """A real platform (credentials from the environment or the credentials file) or S3."""
+    if kind == "matterport":
+        kw = {"endpoint": args.endpoint} if args.endpoint else {}
+        client = Matterport(read_credentials(MatterportCredentials.from_env), **kw)
+        return Destination(args.to, matterport=client, organization=args.organization)
+    if kind == "speckle":
+        kw = {"server": args.server} if args.server else {}
+        speckle = Speckle(read_credentials(SpeckleCredentials.from_env), **kw)
+        return Destination(args.to, speckle=speckle, project=args.project)
+    bucket, key = parse_s3_url(args.to)
+    place = S3Place(
+        bucket,
+        key,
+        endpoint_url=args.endpoint_url,
+        region=args.region,
+        profile=args.profile,
+        verify_tls=not args.insecure,
+    )
+    return Destination(args.to, s3=place)
+
+
+# ---- the in-process sandbox ------------------------------------------------------------------
+
+
+def fault_plan(spec: str, seed: int = 0) -> FaultPlan:
+    """``--sandbox-faults``/``--faults`` as the sandbox's ``FaultPlan`` (a bad spec: exit 2)."""
+    from engine.sandbox.faults import FaultPlan
+
+    try:
+        return FaultPlan.from_spec(spec, seed=seed)
+    except ValueError as exc:
+        raise ConfigError(f"bad fault spec {spec!r}: {exc}") from None
+
+
+@asynccontextmanager
+async def sandbox(data_dir: Path | None, faults: str = "", **planes: Any) -> AsyncIterator[Sandbox]:
+    """An in-process sandbox with both control planes; its shutdown survives a second Ctrl-C."""
+    from engine.sandbox.matterport import MatterportSandboxConfig
+    from engine.sandbox.server import Sandbox, SandboxConfig
+    from engine.sandbox.speckle import SpeckleSandboxConfig
+
+    planes.setdefault("matterport", MatterportSandboxConfig())
+    planes.setdefault("speckle", SpeckleSandboxConfig())
+    running = Sandbox(SandboxConfig(data_dir=data_dir, faults=fault_plan(faults), **planes))
+    sb = await running.__aenter__()
+    try:
+        yield sb
+    finally:
+        with anyio.CancelScope(shield=True):
+            await running.__aexit__(None, None, None)
+
+
+def sandbox_matterport(sb: Sandbox, organization: str | None = None) -> tuple[Matterport, str]:
+    """A client of a running ``sandbox()``'s Matterport plane, with the plane's own credentials,
+    and the organization to use (the plane's first unless one is given)."""
+    mp = sb.config.matterport
+    client = Matterport(
+        MatterportCredentials(*mp.credentials[0]),
+        endpoint=f"{sb.url}/api/import/graph",
+        poll_interval=0.05,
+    )
+    return client, organization or sorted(mp.organizations)[0]
+
+
+def sandbox_speckle(sb: Sandbox, project: str | None = None) -> tuple[Speckle, str]:
+    """A client of a running ``sandbox()``'s Speckle plane, and the project to use."""
+    sp = sb.config.speckle
+    client = Speckle(SpeckleCredentials(next(iter(sp.tokens))), server=sb.url, poll_interval=0.05)
+    return client, project or sorted(sp.projects)[0]
+
+
+def sandbox_target(sb: Sandbox, info: FileInfo) -> PresignedMultipart:
+    """A plain presigned multipart upload into the sandbox's blob store."""
+    from engine.sandbox.blobstore import BlobError
+
+    key = f"uploads/{info.path.name}"
+    upload_id = sb.store.create_multipart(key)
+
+    def complete(parts: Sequence[PartResult]) -> Mapping[str, str] | None:
+        try:
+            obj = sb.store.complete_multipart(key, upload_id, [(p.number, p.etag) for p in parts])
+        except BlobError as exc:
+            raise RemoteError(f"complete {key}: {exc.code}: {exc.message}", code=exc.code) from None
+        return {"key": obj.key, "etag": obj.etag, "md5": obj.md5}
+
+    return PresignedMultipart(
+        lambda n: sb.store.presign_part(key, upload_id, n),
+        complete,
+        limits=PartLimits(min_size=sb.config.min_part_size, max_size=sb.config.max_part_size),
+    )

@@ -1,0 +1,70 @@
+"""How to run the sandbox: :class:`SandboxConfig`, checked when it is made.
+
+Rules this module keeps:
+
+* A config is an immutable value, checked in ``__post_init__``: a port in ``0..65535``, a
+  non-empty secret, ``0 <= min_part_size <= max_part_size``, and a ``storage_url`` that
+  :meth:`~engine.sandbox.s3store.S3Location.parse` accepts; a refusal is a ``ValueError``
+  saying why.
+* **Fault injection applies to the sandbox's own blob store only**: a ``storage_url`` together
+  with an active :class:`~engine.sandbox.faults.FaultPlan` (faults or latency) is refused.
+* The presigning secret is random per process unless given, and never shown in ``repr``.
+* Importing this module is cheap: it imports neither the server nor a control plane (the S3
+  storage module only when a ``storage_url`` is checked).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from engine.sandbox.blobstore import MiB
+from engine.sandbox.faults import FaultPlan
+
+__all__ = ["SandboxConfig"]
+
+_PROCESS_SECRET: Final = secrets.token_bytes(32)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SandboxConfig:
+    """How to run the sandbox. Sizes in bytes.
+
+    ``data_dir=None`` uses a temporary directory removed on exit (none at all with ``discard``).
+    ``port=0`` binds an ephemeral port. ``secret`` signs presigned URLs (random per process).
+    ``matterport`` / ``speckle`` are the control planes' own configs (``None``: their defaults).
+    ``storage_url``: keep blobs in S3-compatible storage instead (``s3://BUCKET[/PREFIX]?
+    endpoint_url=...``, see :mod:`engine.sandbox.s3store`); ``data_dir`` then holds validation
+    copies, and ``faults`` must be empty: fault injection does not apply to external storage.
+    """
+
+    data_dir: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    secret: bytes = field(default=_PROCESS_SECRET, repr=False)
+    discard: bool = False
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    min_part_size: int = 5 * MiB
+    max_part_size: int = 5 * 1024 * MiB
+    matterport: Any = None
+    speckle: Any = None
+    storage_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port <= 65535):
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not self.secret:
+            raise ValueError("secret must not be empty")
+        if not (0 <= self.min_part_size <= self.max_part_size):
+            raise ValueError("need 0 <= min_part_size <= max_part_size")
+        if self.storage_url is not None:
+            from engine.sandbox.s3store import S3Location
+
+            S3Location.parse(self.storage_url)  # raises ValueError with the reason
+            if self.faults.active:
+                raise ValueError(
+                    "fault injection applies to the sandbox's own blob store only, not to "
+                    "external storage (storage_url)"
+                )
