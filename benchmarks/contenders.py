@@ -83,8 +83,6 @@ def run_engine(args: argparse.Namespace) -> float:
 
         return S3Target(args.bucket, _key(path, i), endpoint_url=base, region=REGION)
 
-    if not cfg.verify_etag:
-        _skip_md5_when_unverified()
     make = s3 if args.target == "s3" else presigned
     targets = [(p, make(i, p)) for i, p in enumerate(files)]
     elapsed = 0.0
@@ -107,20 +105,6 @@ def run_engine(args: argparse.Namespace) -> float:
         backend_options["use_uvloop"] = True
     anyio.run(main, backend="asyncio", backend_options=backend_options)
     return elapsed
-
-
-def _skip_md5_when_unverified() -> None:
-    """With ``verify_etag=False`` the scheduler should ask ``put_range(md5=False)``: nothing
-    compares the digest. Until ``engine/transfer.py`` passes that flag itself, pass it here
-    (the same one-line change, applied from outside; a no-op once the scheduler does it)."""
-    import functools
-    import inspect
-
-    import engine.transfer
-    from engine.transport import put_range
-
-    if "md5=" not in inspect.getsource(engine.transfer.Engine._send_part):
-        engine.transfer.put_range = functools.partial(put_range, md5=False)  # type: ignore[attr-defined]
 
 
 # --- sendfile ceiling ---------------------------------------------------------------------

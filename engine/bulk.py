@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from engine.config import GiB
 from engine.errors import InputError
 from engine.formats import check_e57, check_ifc
 from engine.journal import FileState, replay
+from engine.models import MAX_PUT_SIZE
 from engine.redact import redact
 from engine.units import human_bytes
 
@@ -49,7 +49,7 @@ __all__ = [
 Platform = Literal["matterport", "speckle"]
 Status = Literal["ok", "skipped", "failed", "interrupted", "pending"]
 ROUTES: dict[str, Platform] = {".e57": "matterport", ".ifc": "speckle"}
-SPECKLE_LIMIT = 5 * GiB
+SPECKLE_LIMIT = MAX_PUT_SIZE  # one PUT holds the whole file
 
 
 @dataclass

@@ -8,11 +8,12 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from engine.errors import SourceError
 
 __all__ = [
+    "MAX_PUT_SIZE",
     "FileInfo",
     "PartLimits",
     "PartRequest",
@@ -55,12 +56,16 @@ class PartRequest:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+#: S3's ceiling for one PUT (a whole object or one part), and so for every store behind it.
+MAX_PUT_SIZE: Final = 5 * 1024**3
+
+
 @dataclass(frozen=True, slots=True)
 class PartLimits:
     """What the target accepts. Every part but the last is at least ``min_size``."""
 
     min_size: int = 5 * 1024**2
-    max_size: int = 5 * 1024**3
+    max_size: int = MAX_PUT_SIZE
     max_parts: int = 10_000
     single: bool = False  # the whole file in one PUT
 

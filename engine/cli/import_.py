@@ -44,7 +44,6 @@ from engine.client import Uploader
 from engine.errors import ConfigError, InterruptedUpload, UploadError
 from engine.events import FileFailed
 from engine.models import UploadResult
-from engine.plan import plan_parts
 from engine.redact import redact
 from engine.units import human_bytes, human_rate
 
@@ -265,16 +264,14 @@ def _print_summary(
 def _dry_run(args: argparse.Namespace, entries: list[Entry], units: Units) -> Outcome:
     console = Console(highlight=False)
     t = Table(title=f"plan: upload to {args.to} (nothing sent)", title_justify="left")
-    for col in ("file", "platform", "group", "size", "parts (est.)"):
+    for col in ("file", "platform", "group", "size", "parts"):
         t.add_column(col, overflow="fold")
-    cfg = engine_config(args)
+    engine_config(args)  # the engine options are checked as a real run would
     for es in units.values():
         for e in es:
-            single = e.platform == "speckle"
-            parts = 1 if single else len(plan_parts(e.size, part_size=cfg.part_size))
-            t.add_row(
-                e.rel, str(e.platform), e.group.split(":", 1)[1], human_bytes(e.size), str(parts)
-            )
+            # Speckle takes one PUT; Matterport decides part limits per file when asked.
+            parts = "1" if e.platform == "speckle" else "server decides"
+            t.add_row(e.rel, str(e.platform), e.group.split(":", 1)[1], human_bytes(e.size), parts)
     console.print(t)
     for e in entries:
         if e.status in ("skipped", "failed"):

@@ -41,7 +41,15 @@ from engine.errors import (
     ServiceError,
 )
 from engine.journal import JournalKey, MultipartStarted, s3_key
-from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec, Remote
+from engine.models import (
+    MAX_PUT_SIZE,
+    FileInfo,
+    PartLimits,
+    PartRequest,
+    PartResult,
+    PartSpec,
+    Remote,
+)
 from engine.plan import S3_LIMITS
 from engine.target import Target, TargetContext
 
@@ -52,7 +60,7 @@ T = TypeVar("T")
 #: presigned URLs live this long; an expired one is re-presigned on ``refresh``
 URL_EXPIRY = 3600
 #: a single ``PutObject`` holds at most this many bytes
-SINGLE_MAX = 5 * 1024**3
+SINGLE_MAX = MAX_PUT_SIZE
 
 _AUTH_CODES = frozenset(
     {

@@ -419,9 +419,9 @@ def test_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path, served: Serve
     scans = write_scans(tree, [("a/one.e57", 11 * MiB), ("b/two.ifc", 100 * KiB)], seed=200)
     (tree / "b/empty.e57").touch()
     state = tmp_path / "state"
-    # file, platform, group, size, parts (estimated with S3's 5 MiB minimum part)
+    # file, platform, group, size, parts (Matterport decides its part limits when asked)
     rows = {
-        "matterport": ("a/one.e57", "matterport", "a/one.e57", "11.0 MiB", "3"),
+        "matterport": ("a/one.e57", "matterport", "a/one.e57", "11.0 MiB", "server decides"),
         "speckle": ("b/two.ifc", "speckle", "b/two.ifc", "100.0 KiB", "1"),
     }
     for to, row in rows.items():

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from engine.models import MAX_PUT_SIZE
+
 __all__ = [
     "CREATE_MODEL",
     "DEFAULT_SERVER",
@@ -27,7 +29,7 @@ __all__ = [
     "TERMINAL_FAILURES",
 ]
 
-MAX_UPLOAD_SIZE: Final = 5 * 1024**3
+MAX_UPLOAD_SIZE: Final = MAX_PUT_SIZE  # one presigned PUT of the whole file
 """Bytes one presigned PUT may carry: the largest file Speckle can ingest this way."""
 
 DEFAULT_SERVER: Final = "https://app.speckle.systems"
