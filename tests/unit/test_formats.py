@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -88,9 +89,13 @@ def test_read_head_reads_only_the_head(tmp_path: Path) -> None:
     assert read_head(big, 8) == E57_SIGNATURE
 
 
+def e57_header(length: int, *, xml_offset: int = 48, page: int = 1024, major: int = 1) -> bytes:
+    return struct.pack("<8sIIQQQQ", E57_SIGNATURE, major, 0, length, xml_offset, 10, page)
+
+
 def test_check_e57(tmp_path: Path) -> None:
     good = tmp_path / "good.e57"
-    good.write_bytes(E57_SIGNATURE + b"\0" * 40)
+    good.write_bytes(e57_header(2048).ljust(2048, b"\0"))
     check_e57(good)
     bad = tmp_path / "bad.e57"
     bad.write_bytes(IFC_HEAD)
@@ -99,10 +104,48 @@ def test_check_e57(tmp_path: Path) -> None:
     assert str(err.value) == f"{bad}: not an E57 file (header does not read ASTM-E57)"
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (E57_SIGNATURE, "truncated E57 file: 8 bytes, shorter than its 48-byte header"),
+        (e57_header(4096).ljust(2048, b"\0"), "its header says 4096 bytes, the file has 2048"),
+        (e57_header(1024).ljust(2048, b"\0"), "its header says 1024 bytes, the file has 2048"),
+        (e57_header(1000).ljust(1000, b"\0"), "lies outside the file"),
+        (e57_header(1024, xml_offset=5000).ljust(1024, b"\0"), "lies outside the file"),
+        (e57_header(1024, page=512).ljust(1024, b"\0"), "version 1, page size 512"),
+        (e57_header(1024, major=2).ljust(1024, b"\0"), "version 2"),
+    ],
+    ids=["signature-only", "truncated", "padded", "partial-page", "xml-outside", "page", "major"],
+)
+def test_a_truncated_or_damaged_e57_is_refused_before_sending(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "scan.e57"
+    path.write_bytes(content)
+    with pytest.raises(FormatError) as err:
+        check_e57(path)
+    assert str(err.value).startswith(f"{path}: ") and problem in str(err.value)
+
+
+def test_a_truncated_sandbox_sample_is_refused(tmp_path: Path) -> None:
+    from engine.sandbox.e57 import write_sample_e57
+
+    path = tmp_path / "cut.e57"
+    write_sample_e57(path, 8192, seed=1)
+    with path.open("r+b") as f:
+        f.truncate(5000)
+    with pytest.raises(FormatError, match="truncated or padded E57 file"):
+        check_e57(path)
+
+
 def test_check_ifc(tmp_path: Path) -> None:
     good = tmp_path / "good.ifc"
-    good.write_bytes(b"\xef\xbb\xbf \n" + IFC_HEAD)
+    good.write_bytes(b"\xef\xbb\xbf \n" + IFC_HEAD + b"ENDSEC;\nEND-ISO-10303-21;\n\n  ")
     check_ifc(good)
+    cut = tmp_path / "cut.ifc"
+    cut.write_bytes(IFC_HEAD + b"ENDSEC;\nEND-ISO-103")
+    with pytest.raises(FormatError, match=r"cut\.ifc: truncated IFC file \(it does not end with"):
+        check_ifc(cut)
     bad = tmp_path / "bad.ifc"
     bad.write_bytes(E57_SIGNATURE)
     with pytest.raises(FormatError, match=r"bad\.ifc: not an IFC file \(header does not read"):
