@@ -27,7 +27,7 @@ from typing import Any, Literal
 from engine.errors import InputError
 from engine.formats import check_e57, check_ifc
 from engine.journal import FileState, replay
-from engine.models import MAX_PUT_SIZE
+from engine.models import MAX_PUT_SIZE, FileInfo
 from engine.redact import redact
 from engine.units import human_bytes
 
@@ -68,7 +68,8 @@ class Entry:
     retries: int = 0
     parts: int = 0
     mtime_ns: int = 0
-    changed: bool = False  # the journal knows this path only with another size or mtime
+    fingerprint: dict[str, object] = field(default_factory=dict)  # as the journal keeps it
+    changed: bool = False  # the journal knows this file only with another fingerprint
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -114,9 +115,10 @@ def discover(
         try:
             with os.scandir(directory) as it:
                 items = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
+        except OSError as exc:  # scans that could not be read are a failure, not a skip
             rel = directory.relative_to(root).as_posix() or "."
-            entries.append(Entry(directory, rel, status="skipped", reason=_os_reason(exc)))
+            reason = f"cannot read this directory: {_os_reason(exc)}"
+            entries.append(Entry(directory, rel, status="failed", reason=reason))
             return
         for item in items:
             path = Path(item.path)
@@ -172,6 +174,7 @@ def _classify(path: Path, rel: str, include: Sequence[str], exclude: Sequence[st
         entry.status, entry.reason = "failed", "not a regular file"
         return entry
     entry.size, entry.mtime_ns = st.st_size, st.st_mtime_ns
+    entry.fingerprint = FileInfo.from_stat(path.resolve(), st).fingerprint
     return entry
 
 
@@ -197,19 +200,18 @@ def check(entry: Entry, *, speckle_limit: int = SPECKLE_LIMIT) -> None:
 
 
 def mark_changed(entries: list[Entry], states: Mapping[str, FileState]) -> None:
-    """Flag files the journal has seen only with another size or mtime: a rerun restarts
-    them (or refuses them, with ``--on-change refuse``); either way the user is told."""
+    """Flag files the journal has seen only with another fingerprint (size, mtime, ctime,
+    inode, by resolved path): a rerun restarts them (or refuses them, with
+    ``--on-change refuse``); either way the user is told."""
     seen: dict[str, list[Mapping[str, Any]]] = {}
     for st in states.values():
         path = st.fingerprint.get("path")
         if isinstance(path, str):
             seen.setdefault(path, []).append(st.fingerprint)
     for e in entries:
-        known = seen.get(str(e.path))
+        known = seen.get(str(e.fingerprint.get("path", "")))
         if e.status == "pending" and known:
-            e.changed = not any(
-                fp.get("size") == e.size and fp.get("mtime_ns") == e.mtime_ns for fp in known
-            )
+            e.changed = e.fingerprint not in known
 
 
 def route_to(entries: list[Entry], to: str) -> None:

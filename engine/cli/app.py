@@ -25,7 +25,7 @@ from engine.cli.output import (
     Outcome,
     one_line,
 )
-from engine.errors import ConfigError, InputError, SourceChangedError, UploadError
+from engine.errors import ConfigError, InputError, SourceChangedError, StateError, UploadError
 from engine.redact import redact
 
 __all__ = ["build_parser", "main"]
@@ -85,9 +85,9 @@ def _run_async(runner: Runner, args: argparse.Namespace) -> Outcome:
 def _say_error(exc: Exception) -> int | None:
     """Print ``exc`` as the one last line and return the exit code; ``None``: a bug to re-raise
     (``UPLOAD_ENGINE_DEBUG`` is set)."""
-    if isinstance(exc, ConfigError) or (
+    if isinstance(exc, ConfigError | StateError) or (
         isinstance(exc, InputError) and not isinstance(exc, SourceChangedError)
-    ):
+    ):  # a local problem: the state directory (full, locked, corrupted) counts as one
         print(f"upload-engine: error: {redact(one_line(exc))}", file=sys.stderr)
         return EXIT_USAGE
     if isinstance(exc, UploadError):  # a file changed while uploading fails it (resumable)

@@ -37,6 +37,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,10 +152,17 @@ class Served:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
+    with serve_sandbox(tmp_path) as s:
+        yield s
+
+
+@contextmanager
+def serve_sandbox(tmp_path: Path, *flags: str) -> Iterator[Served]:
+    """``upload-engine sandbox serve`` in its own process, with ``SERVE_FLAGS`` and ``flags``."""
     data = tmp_path / "sandbox-data"
     with (tmp_path / "sandbox.log").open("w") as log:
         proc = subprocess.Popen(
-            [BIN, "sandbox", "serve", "--port", "0", "--data-dir", str(data), *SERVE_FLAGS],
+            [BIN, "sandbox", "serve", "--port", "0", "--data-dir", str(data), *SERVE_FLAGS, *flags],
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,

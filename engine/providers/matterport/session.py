@@ -125,8 +125,11 @@ def check_files(paths: Sequence[str | os.PathLike[str]]) -> list[FileInfo]:
 
 
 def fingerprints(infos: Sequence[FileInfo]) -> dict[str, list[int]]:
-    """What ``SessionOpened`` keeps of the files: path -> [size, mtime_ns]."""
-    return {i.key: [i.size, i.mtime_ns] for i in sorted(infos, key=lambda i: i.key)}
+    """What ``SessionOpened`` keeps of the files: path -> [size, mtime_ns, ctime_ns, inode]
+    (the ctime catches a rewrite whose mtime was put back)."""
+    return {
+        i.key: [i.size, i.mtime_ns, i.ctime_ns, i.inode] for i in sorted(infos, key=lambda i: i.key)
+    }
 
 
 def changed_files(
