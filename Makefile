@@ -5,12 +5,25 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: venv demo test check lint typecheck pytest bench format clean sandbox
+.PHONY: venv demo test check lint typecheck pytest bench format clean sandbox FORCE
 
-$(STAMP): pyproject.toml
+# The editable install is "strict" (setuptools' documented mode): a .pth to a tree of file
+# links, which mypy and other static tools follow (the default mode is an import hook they
+# cannot). Links cover the files there were: $(FILES) lists them, and a new or removed module
+# reinstalls on the next `make`.
+FILES := $(VENV)/.files
+$(FILES): FORCE
+	@test -d $(VENV) || $(PY) -m venv $(VENV)
+	@find engine -name '*.py' -o -name '*.graphql' -o -name py.typed | sort > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+FORCE:
+
+$(STAMP): pyproject.toml $(FILES)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,s3]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,s3]' \
+		--config-settings editable_mode=strict
 	@touch $@
 
 venv: $(STAMP)
@@ -44,7 +57,8 @@ format: venv
 	$(BIN)/ruff check --fix engine tests benchmarks
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,s3,bench]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,s3,bench]' \
+		--config-settings editable_mode=strict
 	@touch $@
 
 ## Throughput against the tools users would pick instead (loopback; takes minutes).

@@ -57,7 +57,7 @@ from engine.providers.matterport import (
     MatterportFileRemote,
     MatterportResult,
 )
-from engine.providers.s3 import S3Object, S3Target
+from engine.providers.s3 import S3Clients, S3Object, S3Target
 from engine.providers.speckle import Speckle, SpeckleCredentials, SpeckleResult, SpeckleVersion
 from engine.retry import RetryPolicy
 from engine.target import HasServices, PresignedMultipart, Services, Target, TargetContext
@@ -107,6 +107,7 @@ __all__ = [
     "RemoteError",
     "RetriesExhaustedError",
     "RetryPolicy",
+    "S3Clients",
     "S3Object",
     "S3Target",
     "ServiceError",

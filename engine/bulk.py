@@ -6,12 +6,15 @@ Rules:
 - discovery is recursive and never follows a symlinked directory (so a symlink loop cannot
   trap it); ``--include``/``--exclude`` globs match the path relative to DIR;
 - routing is by extension: ``.e57`` -> Matterport, ``.ifc`` -> Speckle; anything else is
-  listed as skipped with the reason, and so is a scan bound for the other platform;
+  listed as skipped with the reason, and so is a scan bound for the other platform; to S3
+  (``s3://BUCKET/PREFIX/``) every file goes, whatever its type, under the key PREFIX + its
+  path relative to DIR;
 - every routed file is checked before anything is sent (a readable regular file, non-empty,
   the format's header, within the platform's size limit); a file that fails the check is
   reported as failed with the reason and the others still go;
 - a file the journal knows only with another size or mtime is marked as changed;
-- work units: a Matterport import session (one file, or a folder's files) or a Speckle file.
+- work units: a Matterport import session (one file, or a folder's files), a Speckle file
+  or an S3 object.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ __all__ = [
     "survey",
 ]
 
-Platform = Literal["matterport", "speckle"]
+Platform = Literal["matterport", "speckle", "s3"]
 Status = Literal["ok", "skipped", "failed", "interrupted", "pending"]
 ROUTES: dict[str, Platform] = {".e57": "matterport", ".ifc": "speckle"}
 SPECKLE_LIMIT = MAX_PUT_SIZE  # one PUT holds the whole file
@@ -70,6 +73,7 @@ class Entry:
     mtime_ns: int = 0
     fingerprint: dict[str, object] = field(default_factory=dict)  # as the journal keeps it
     changed: bool = False  # the journal knows this file only with another fingerprint
+    code: int | None = None  # the exit code of a failure seen while sending (None: a check's)
 
     def record(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -105,11 +109,19 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
 
 
 def discover(
-    root: Path, *, include: Sequence[str] = (), exclude: Sequence[str] = (), state_dir: Path
+    root: Path,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    state_dir: Path,
+    to: str = "sandbox",
 ) -> list[Entry]:
-    """Every file under ``root`` (sorted), routed or skipped with a reason."""
+    """Every file under ``root`` (sorted), routed or skipped with a reason (to an
+    ``s3://`` destination: every file, as ``s3``)."""
     entries: list[Entry] = []
     state = state_dir.absolute()
+
+    everything = to.startswith("s3://")
 
     def walk(directory: Path) -> None:
         try:
@@ -133,7 +145,7 @@ def discover(
                     Entry(path, rel, status="skipped", reason="symlinked directory not followed")
                 )
                 continue
-            entries.append(_classify(path, rel, include, exclude))
+            entries.append(_classify(path, rel, include, exclude, everything=everything))
 
     walk(root)
     return entries
@@ -152,7 +164,9 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
-def _classify(path: Path, rel: str, include: Sequence[str], exclude: Sequence[str]) -> Entry:
+def _classify(
+    path: Path, rel: str, include: Sequence[str], exclude: Sequence[str], *, everything: bool
+) -> Entry:
     entry = Entry(path, rel)
     if include and not _matches(rel, include):
         entry.status, entry.reason = "skipped", "not matched by --include"
@@ -160,7 +174,7 @@ def _classify(path: Path, rel: str, include: Sequence[str], exclude: Sequence[st
     if exclude and _matches(rel, exclude):
         entry.status, entry.reason = "skipped", "matched by --exclude"
         return entry
-    platform = ROUTES.get(path.suffix.lower())
+    platform: Platform | None = "s3" if everything else ROUTES.get(path.suffix.lower())
     if platform is None:
         entry.status, entry.reason = "skipped", f"not a scan ({path.suffix or 'no extension'})"
         return entry
@@ -180,7 +194,7 @@ def _classify(path: Path, rel: str, include: Sequence[str], exclude: Sequence[st
 
 def check(entry: Entry, *, speckle_limit: int = SPECKLE_LIMIT) -> None:
     """Mark ``entry`` failed (with the reason) if it cannot be uploaded as it is."""
-    if entry.status != "pending":
+    if entry.status != "pending" or entry.platform == "s3":  # any file, even empty, is an object
         return
     if entry.size == 0:
         entry.status, entry.reason = "failed", "empty file"
@@ -217,7 +231,7 @@ def mark_changed(entries: list[Entry], states: Mapping[str, FileState]) -> None:
 def route_to(entries: list[Entry], to: str) -> None:
     """Skip files whose platform is not the destination (even unreadable ones: they would
     not have been sent anyway, so they must not fail this run)."""
-    if to == "sandbox":
+    if to == "sandbox" or to.startswith("s3://"):
         return
     for e in entries:
         if e.status in ("pending", "failed") and e.platform is not None and e.platform != to:
@@ -235,6 +249,8 @@ def group(entries: list[Entry], *, by_folder: bool, model: str | None) -> Units:
         if e.platform == "matterport":
             folder = str(Path(e.rel).parent)
             e.group = f"matterport:{folder}" if by_folder else f"matterport:{e.rel}"
+        elif e.platform == "s3":
+            e.group = f"s3:{e.rel}"
         else:
             e.group = f"speckle:{e.rel}"
             if model:
@@ -256,7 +272,7 @@ def survey(
 ) -> tuple[list[Entry], Units]:
     """Every file under ``root``, routed to ``to`` and checked (changed ones marked from the
     ``journal``, when there is one), and the work units of those left to send."""
-    entries = discover(root, include=include, exclude=exclude, state_dir=state_dir)
+    entries = discover(root, include=include, exclude=exclude, state_dir=state_dir, to=to)
     route_to(entries, to)
     for e in entries:
         check(e)
@@ -269,9 +285,13 @@ def survey(
 # The report
 
 
-def report(entries: list[Entry], seconds: float) -> dict[str, Any]:
+def report(entries: list[Entry], seconds: float, sent: int | None = None) -> dict[str, Any]:
+    """The run's report: each file's record and the summary. ``bytes`` counts the files
+    uploaded; ``bytes_sent`` what this run sent of them (parts stored before excluded), which
+    ``throughput`` is the rate of."""
     ok = [e for e in entries if e.status == "ok"]
-    sent = sum(e.size for e in ok)
+    size = sum(e.size for e in ok)
+    sent = size if sent is None else sent
     return {
         "files": [e.record() for e in entries],
         "summary": {
@@ -279,7 +299,8 @@ def report(entries: list[Entry], seconds: float) -> dict[str, Any]:
             "skipped": sum(e.status == "skipped" for e in entries),
             "failed": sum(e.status == "failed" for e in entries),
             "interrupted": sum(e.status == "interrupted" for e in entries),
-            "bytes": sent,
+            "bytes": size,
+            "bytes_sent": sent,
             "seconds": round(seconds, 3),
             "throughput": round(sent / seconds) if seconds > 0 else 0,
         },

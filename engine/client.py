@@ -11,6 +11,7 @@ one after another, shares ``config.concurrency`` connections.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -26,13 +27,33 @@ from engine.events import Event, EventHook
 from engine.journal import Journal
 from engine.models import FileInfo, UploadResult
 from engine.target import OnChange, Services, Target
-from engine.transfer import Engine
+from engine.transfer import Engine, PartSender
 
-__all__ = ["Uploader"]
+__all__ = ["Uploader", "tls_context"]
 
 
 def _ignore(_: Event) -> None:
     return None
+
+
+def tls_context(config: UploadConfig) -> ssl.SSLContext | bool:
+    """The one TLS trust of an uploader's pools (data and control planes): ``False`` when
+    certificate checks are off; else a verifying context that trusts ``config.ca_bundle``
+    only, or, without one, the system's store (where OpenSSL honours ``SSL_CERT_FILE`` and
+    ``SSL_CERT_DIR``). A bundle that cannot be read is a ``ConfigError``."""
+    if not config.verify_tls:
+        return False
+    if config.ca_bundle is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=config.ca_bundle)
+    except FileNotFoundError:
+        raise ConfigError(f"CA bundle {config.ca_bundle}: no such file") from None
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"CA bundle {config.ca_bundle}: not a readable PEM file of certificates ({reason})"
+        ) from None
 
 
 class Uploader:
@@ -46,6 +67,12 @@ class Uploader:
     on_change: a journaled file whose size/mtime changed: ``"restart"`` it or ``"refuse"``.
     clock:     what waits, tells the time and draws jitter (``engine.clock.FakeClock`` in tests
                switches every backoff and polling wait off); default the system clock.
+    force:     upload again what the journal says is done and the destination confirms
+               (a new object, version or model); by default such a file is skipped.
+    trace_configs: aiohttp ``TraceConfig``s for the pools the uploader owns (the command
+               line's ``-vv`` logs each request with them); none by default.
+    sender:    who moves the parts' bytes instead of this process (``engine.cluster.
+               ClusterSender``: the workers of a Dask cluster); every other step stays here.
 
     Platform entry points (``Matterport.import_files``, ``Speckle.upload``) take the open
     ``Uploader`` and use only its ``services``.
@@ -60,6 +87,9 @@ class Uploader:
         journal: str | os.PathLike[str] | None = None,
         on_change: OnChange = "restart",
         clock: Clock | None = None,
+        force: bool = False,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        sender: PartSender | None = None,
     ) -> None:
         if on_change not in ("restart", "refuse"):
             raise ConfigError(f"on_change must be 'restart' or 'refuse', got {on_change!r}")
@@ -69,6 +99,9 @@ class Uploader:
         self._journal_path = journal
         self._on_change: OnChange = on_change
         self._clock = clock or SystemClock()
+        self._force = force
+        self._trace_configs = list(trace_configs)
+        self._sender = sender
         self._owned: list[aiohttp.ClientSession] = []
         self._engine: Engine | None = None
         self._journal: Journal | None = None
@@ -84,7 +117,7 @@ class Uploader:
             if self._session is not None:
                 data = control = self._session
             else:
-                ssl_ctx = cfg.verify_tls  # False only when the caller switched TLS checks off
+                ssl_ctx = tls_context(cfg)
                 timeout = aiohttp.ClientTimeout(
                     total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.stall_timeout
                 )
@@ -95,6 +128,7 @@ class Uploader:
                     timeout=timeout,
                     auto_decompress=False,
                     skip_auto_headers=("User-Agent",),
+                    trace_configs=self._trace_configs or None,
                 )
                 self._owned.append(data)
                 control = aiohttp.ClientSession(
@@ -102,6 +136,7 @@ class Uploader:
                     timeout=aiohttp.ClientTimeout(
                         total=None, sock_connect=cfg.connect_timeout, sock_read=60
                     ),
+                    trace_configs=self._trace_configs or None,
                 )
                 self._owned.append(control)
                 for owned in self._owned:
@@ -123,6 +158,8 @@ class Uploader:
             emit=self._on_event,
             clock=self._clock,
             on_change=self._on_change,
+            force=self._force,
+            sender=self._sender,
         )
         return self
 
@@ -161,9 +198,13 @@ class Uploader:
         with parts left fail with ``InterruptedUpload`` (their journal lets a rerun resume)."""
         self._running().drain()
 
-    async def upload(self, path: str | os.PathLike[str], target: Target) -> UploadResult:
-        """Upload one file; return its result or raise one ``UploadError``."""
-        return await self._running().upload_file(FileInfo.of(path), target)
+    async def upload(
+        self, path: str | os.PathLike[str], target: Target, *, force: bool | None = None
+    ) -> UploadResult:
+        """Upload one file; return its result or raise one ``UploadError``. A file the
+        journal says is done is not sent again when the destination confirms it (its
+        ``UploadResult.skipped`` says so) unless ``force`` (default: the uploader's)."""
+        return await self._running().upload_file(FileInfo.of(path), target, force=force)
 
     async def upload_many(
         self,

@@ -35,6 +35,12 @@ class UploadConfig:
     connect_timeout: seconds to open a connection.
     verify_etag:     compare each MD5-form ETag with the MD5 of the bytes sent; re-send on mismatch.
     verify_tls:      verify certificates of HTTPS endpoints (switching it off is the caller's risk).
+    ca_bundle:       a PEM file of the certificate authorities to trust instead of the system's,
+                     for every HTTPS endpoint (storage, control planes, S3 calls); ``None``: the
+                     system's, with ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` honoured (and, for S3
+                     calls, ``AWS_CA_BUNDLE`` or the profile's ``ca_bundle``).
+    bwlimit:         bytes per second that one process sends at most, over all its PUTs
+                     (``--bwlimit``; each cluster worker is capped on its own); ``None``: no cap.
     """
 
     concurrency: int = 8
@@ -47,6 +53,8 @@ class UploadConfig:
     connect_timeout: float = 30.0
     verify_etag: bool = True
     verify_tls: bool = True
+    ca_bundle: str | None = None
+    bwlimit: float | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency <= 1024:
@@ -61,6 +69,10 @@ class UploadConfig:
             raise ConfigError("backoff needs 0 <= backoff_base <= backoff_cap")
         if self.stall_timeout <= 0 or self.connect_timeout <= 0:
             raise ConfigError("stall_timeout and connect_timeout must be positive")
+        if self.ca_bundle is not None and not self.ca_bundle.strip():
+            raise ConfigError("ca_bundle must be the path of a PEM file of CA certificates")
+        if self.bwlimit is not None and not self.bwlimit > 0:
+            raise ConfigError(f"bwlimit must be a positive rate in bytes/s, got {self.bwlimit}")
 
     @property
     def memory_ceiling(self) -> int:

@@ -146,6 +146,7 @@ class GraphQLClient:
         classify: Classify,
         policy: RetryPolicy,
         clock: Clock,
+        on_response: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
         self._http = http
         self.endpoint = endpoint
@@ -153,6 +154,7 @@ class GraphQLClient:
         self._classify = classify
         self._policy = policy
         self._clock = clock
+        self._on_response = on_response  # sees every answer's headers (rate-limit pacing)
         self.calls: list[str] = []  # operation names in the order they were sent
 
     def __repr__(self) -> str:
@@ -194,6 +196,8 @@ class GraphQLClient:
                 status = r.status
                 raw = await r.read()
                 retry_after = parse_retry_after(r.headers.get("Retry-After"))
+                if self._on_response is not None:
+                    self._on_response(r.headers)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             text = f"cannot reach {redact(self.endpoint)}: {_connection_reason(exc)}"
             return GraphQLFailure(op, 0, "", text, None), None
@@ -222,6 +226,10 @@ class GraphQLClient:
                 code = str(ext.get("code", ""))
         elif isinstance(body, dict) and isinstance(body.get("error", body.get("err")), str):
             message = str(body.get("error", body.get("err")))
+        elif isinstance(body, dict) and isinstance(body.get("error"), dict):
+            # A REST-style error ({"error": {"message", "code"}}), e.g. a 429 RATE_LIMIT_ERROR
+            message = str(dig(body, "error", "message") or "")
+            code = str(dig(body, "error", "code") or "")
         else:
             message = _excerpt(status, raw)
         failure = GraphQLFailure(op, status, code, redact(message), body)

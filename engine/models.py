@@ -21,6 +21,7 @@ __all__ = [
     "PartSpec",
     "PresignedRemote",
     "Remote",
+    "Skipped",
     "UploadResult",
 ]
 
@@ -165,8 +166,20 @@ class PresignedRemote(Remote):
 
 
 @dataclass(frozen=True, slots=True)
+class Skipped:
+    """Why a file was not sent at all: ``reason`` ("already uploaded": the journal said done
+    and the destination confirmed it), and ``since``, when that upload finished (ISO 8601,
+    UTC; "" when the journal does not say)."""
+
+    reason: str
+    since: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class UploadResult:
-    """One file's upload: what went where, and what it cost."""
+    """One file's upload: what went where, and what it cost. ``skipped`` is set when nothing
+    was sent because the destination already holds the file (``bytes_sent`` 0, ``seconds``
+    0)."""
 
     path: Path
     size: int
@@ -175,6 +188,7 @@ class UploadResult:
     bytes_sent: int
     retries: int
     remote: Remote = field(default_factory=PresignedRemote)
+    skipped: Skipped | None = None
 
     @property
     def throughput(self) -> float:

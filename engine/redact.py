@@ -7,7 +7,9 @@ import re
 
 __all__ = ["redact", "redact_url"]
 
-_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?[^\s\"'<>)\]]*")
+# a query already reading ``?[redacted]`` is left alone: redacting twice must not read
+# ``?[redacted]]``
+_URL_QUERY = re.compile(r"(https?://[^\s?#\"'<>]+)\?(?!\[redacted\])[^\s\"'<>)\]]*")
 _AUTH = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 _SIGNATURE_PARAM = re.compile(
     r"((?:X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token|X-Signature|Signature|"

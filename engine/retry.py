@@ -3,8 +3,15 @@
 Rules (S3 semantics behind every presigned URL):
 - transient: connection errors and resets, timeouts, stalls, 500/502/503/504, 429,
   S3 ``SlowDown`` and ``RequestTimeout``, an ETag that does not match the bytes sent;
-- expired: 403 whose body says ``Request has expired`` -> fetch a fresh URL, then retry;
+- expired: 403 whose body says ``Request has expired`` (S3), or Azure's 403
+  ``AuthenticationFailed`` whose ``AuthenticationErrorDetail`` says the SAS is outside its time
+  frame -> fetch a fresh URL, then retry;
 - fatal: every other 4xx, with the server's message.
+ETags are compared with the MD5 of the bytes only where the answer says they can be one
+(``integrity_of``): an S3-style quoted 32-hex ETag with no SSE-KMS / DSSE-KMS / SSE-C header
+(S3's rule: objects and parts encrypted with SSE-KMS or SSE-C have ETags that are not an MD5
+of their data); else a ``Content-MD5`` response header (Azure's Put Blob computes one); else
+nothing can be checked.
 Backoff is full jitter: ``uniform(0, min(cap, base * 2 ** (attempt - 1)))``; a server's
 ``Retry-After`` replaces it (capped at ``retry_after_cap``, by default ``cap``).
 
@@ -15,9 +22,12 @@ calls, recovery rounds and polling.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import email.utils
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -26,12 +36,15 @@ from engine.config import UploadConfig
 from engine.errors import ConfigError
 
 __all__ = [
+    "INTEGRITY_HEADERS",
     "Decision",
+    "Integrity",
     "RetryPolicy",
     "Verdict",
     "backoff_delay",
     "classify_response",
     "decide",
+    "integrity_of",
     "is_md5_etag",
     "parse_retry_after",
     "parse_s3_error",
@@ -46,6 +59,19 @@ _TRANSIENT_CODES = frozenset(
 _CODE_RE = re.compile(rb"<Code>([^<]{1,200})</Code>")
 _MESSAGE_RE = re.compile(rb"<Message>([^<]{0,500})</Message>")
 _MD5_RE = re.compile(r'^"?[0-9a-fA-F]{32}"?$')
+_QUOTED_MD5_RE = re.compile(r'^"[0-9a-fA-F]{32}"$')
+_AZURE_DETAIL_RE = re.compile(
+    rb"<AuthenticationErrorDetail>([^<]{0,500})</AuthenticationErrorDetail>"
+)
+#: what Azure's AuthenticationErrorDetail says of a SAS used outside its validity (expired,
+#: or not yet valid: both mean "get a fresh URL")
+_SAS_TIME = (b"Signature not valid in the specified time frame", b"Signed expiry time")
+#: S3's server-side encryption values whose ETags are not an MD5 of the data
+_KMS = frozenset({"aws:kms", "aws:kms:dsse"})
+_SSE = "x-amz-server-side-encryption"
+_SSE_C = "x-amz-server-side-encryption-customer-algorithm"
+#: the response headers ``integrity_of`` reads (lower case); the data path keeps only these
+INTEGRITY_HEADERS = (_SSE, _SSE_C, "content-md5", "x-ms-content-crc64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +112,22 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds)
 
 
+def _azure_detail(body: bytes) -> str:
+    found = _AZURE_DETAIL_RE.search(body)
+    return " ".join(found.group(1).decode("utf-8", "replace").split()) if found else ""
+
+
 def classify_response(status: int, body: bytes, retry_after: str | None = None) -> Verdict:
     """What to do about a non-2xx answer to a PUT."""
     code, message = parse_s3_error(body)
+    # Azure's message runs on with "RequestId:... Time:..." lines: keep its first line.
+    message = message.split("\n", 1)[0].strip()
+    extra = _azure_detail(body) if code == "AuthenticationFailed" else ""
     detail = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    detail += f" ({extra})" if extra else ""
     if status == 403 and (b"Request has expired" in body or code == "ExpiredToken"):
+        return Verdict("expired", detail)
+    if status == 403 and extra and any(t.decode() in extra for t in _SAS_TIME):
         return Verdict("expired", detail)
     if status in _TRANSIENT_STATUS or code in _TRANSIENT_CODES:
         return Verdict("transient", detail, parse_retry_after(retry_after))
@@ -110,6 +147,61 @@ def backoff_delay(attempt: int, *, base: float, cap: float, rng: random.Random) 
 def is_md5_etag(etag: str) -> bool:
     """True when an ETag is a plain MD5 hex digest (quoted or not): not multipart, not KMS."""
     return bool(_MD5_RE.match(etag))
+
+
+Check = Literal["etag", "content-md5", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Integrity:
+    """What a PUT's answer lets the client compare with the bytes it sent.
+
+    ``check``: ``"etag"`` (the ETag is the MD5), ``"content-md5"`` (the store's own MD5 of
+    the body, a response header), ``"none"`` (nothing: ``why`` says so in words).
+    ``md5``: the hex digest to compare with the MD5 of the bytes ("" for ``"none"``)."""
+
+    check: Check
+    md5: str = ""
+    why: str = ""
+
+    def mismatch(self, sent_md5: str) -> Verdict | None:
+        """A transient verdict when the store's digest differs from ``sent_md5``, else None."""
+        if self.check == "none" or not sent_md5 or self.md5 == sent_md5:
+            return None
+        what = "ETag" if self.check == "etag" else "Content-MD5"
+        return Verdict("transient", f"{what} does not match the MD5 of the bytes sent")
+
+
+def _content_md5(value: str) -> str:
+    """The hex MD5 a base64 ``Content-MD5`` header holds, or ""."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return ""
+    return raw.hex() if len(raw) == 16 else ""
+
+
+def integrity_of(etag: str, headers: Mapping[str, str]) -> Integrity:
+    """What the answer to a PUT (its ETag and ``INTEGRITY_HEADERS``, names in lower case)
+    lets the client check. Pure; see the module rules for the order."""
+    sse = headers.get(_SSE, "").strip().lower()
+    encrypted = sse in _KMS or bool(headers.get(_SSE_C))
+    if not encrypted and _QUOTED_MD5_RE.match(etag.strip()):
+        return Integrity("etag", etag.strip().strip('"').lower())
+    md5 = _content_md5(headers.get("content-md5", ""))
+    if md5:
+        return Integrity("content-md5", md5)
+    if sse in _KMS:
+        why = f"encrypted with SSE-KMS ({sse}): its ETags are not MD5s"
+    elif encrypted:
+        why = "encrypted with SSE-C: its ETags are not MD5s"
+    elif headers.get("x-ms-content-crc64"):
+        why = (
+            "it answers with a CRC-64 only (x-ms-content-crc64), which this client does not compute"
+        )
+    else:
+        why = f"its ETags ({etag[:24]}) are not MD5s and it sends no Content-MD5"
+    return Integrity("none", why=why)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -17,6 +17,12 @@ The scheduler drives a ``Target`` for one file, in this order:
 
 Targets record their platform ids in ``ctx.journal`` as typed facts (never URLs or tokens) so a
 rerun can resume the same remote upload.
+
+The server is the truth, the journal a hint: when the journal says a file is done, the
+scheduler asks ``confirm(remote, ctx)`` first. Only a ``Confirmation`` with ``held`` skips the
+file; anything else voids the journal's facts of the file (``UploadVoided``) and uploads it
+again. The default is "cannot confirm" (upload again); ``PresignedMultipart``, whose caller
+owns the destination, is taken at its word.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from inspect import isawaitable
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from engine.config import UploadConfig
 from engine.events import Event, Phase
@@ -43,14 +49,37 @@ from engine.models import (
 from engine.plan import S3_LIMITS
 
 if TYPE_CHECKING:
+    import ssl
+
     import aiohttp
 
     from engine.clock import Clock
     from engine.retry import RetryPolicy
 
-__all__ = ["HasServices", "OnChange", "PresignedMultipart", "Services", "Target", "TargetContext"]
+__all__ = [
+    "CONFIRMED",
+    "Confirmation",
+    "HasServices",
+    "OnChange",
+    "PresignedMultipart",
+    "Services",
+    "Target",
+    "TargetContext",
+]
 
 OnChange = Literal["restart", "refuse"]
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """The destination's word on a file the journal says is done: ``held`` when it still
+    holds exactly that upload; otherwise ``why`` says what it answered instead, in words."""
+
+    held: bool
+    why: str = ""
+
+
+CONFIRMED: Final = Confirmation(held=True)
 
 
 class Services(Protocol):
@@ -76,6 +105,17 @@ class Services(Protocol):
     @property
     def stopping(self) -> bool:
         """True once a graceful stop began: start nothing new, finish what is in flight."""
+        ...
+
+    @property
+    def force(self) -> bool:
+        """Upload again what the journal says is done (``--force``): a new upload, a new
+        version or model, never a resumed one."""
+        ...
+
+    async def wait_stopping(self) -> None:
+        """Return once a graceful stop begins (a wait that must end at once on Ctrl-C races
+        this)."""
         ...
 
     def emit(self, event: Event) -> None: ...
@@ -153,6 +193,22 @@ class Target(ABC):
     @abstractmethod
     async def complete(self, parts: Sequence[PartResult], ctx: TargetContext) -> Remote: ...
 
+    async def confirm(self, remote: Remote, ctx: TargetContext) -> Confirmation:
+        """Whether the destination still holds ``remote``, the journaled result of this file
+        (asked before a "done" in the journal skips it). Override to ask the server."""
+        return Confirmation(False, f"a {self.kind} destination cannot confirm earlier uploads")
+
+    def tls(self, ctx: TargetContext) -> ssl.SSLContext | None:
+        """A TLS context for this target's data PUTs instead of the uploader's (its own CA
+        bundle), or ``None``."""
+        return None
+
+    async def abandon(self, ctx: TargetContext) -> None:
+        """The file stopped unfinished (cancelled or failed) and no journal on disk keeps its
+        remote upload for a rerun: release what ``prepare`` started (S3: abort the multipart
+        upload). Called once, shielded from cancellation; the default does nothing."""
+        return None
+
 
 MaybeAwaitable = Awaitable[str | PartRequest] | str | PartRequest
 PartURL = Callable[[int], MaybeAwaitable]
@@ -200,3 +256,6 @@ class PresignedMultipart(Target):
         got = self._complete(parts)
         value = await got if isawaitable(got) else got
         return PresignedRemote(ids={str(k): str(v) for k, v in (value or {}).items()})
+
+    async def confirm(self, remote: Remote, ctx: TargetContext) -> Confirmation:
+        return CONFIRMED  # the caller owns the destination: its journal is taken at its word

@@ -8,17 +8,30 @@ Rules:
 - a part is retried on transient failures with full-jitter backoff (or ``Retry-After``), waiting
   *outside* the limiter; an expired URL is refreshed from the target; fatal answers fail the file
   (``engine.retry.decide`` says which);
-- an ETag in MD5 form that differs from the MD5 of the bytes sent is a transient failure;
+- an answer whose digest differs from the MD5 of the bytes sent (an ETag that can be an MD5,
+  or a ``Content-MD5``: ``engine.retry.integrity_of``) is a transient failure; an answer
+  that cannot be checked (SSE-KMS / SSE-C ETags, opaque ETags without ``Content-MD5``) is
+  accepted, said once per file (a ``Phase``), and the file's later parts are not hashed;
 - each stored part is journaled before it counts; the result lists parts in order;
+- a file the journal says is done is skipped only when its target ``confirm``s it (the server
+  is the truth); otherwise, or with ``force``, its journaled facts are voided and it is
+  uploaded again. The ``done`` record keeps when it finished (``finished_at``, ISO 8601);
 - one exception per file (never an ``ExceptionGroup``); cancellation stops every part and
-  closes the file before it propagates.
+  closes the file before it propagates;
+- a ``PartSender`` (``engine.cluster``) may move the bytes instead of this process: the limiter
+  is then its ``slots`` big, and everything above stays here (part URLs, retries, ETag checks,
+  the journal); ``config.bwlimit`` caps this process's own PUTs (``Throttle``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import ssl
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import aiohttp
 import anyio
@@ -43,15 +56,44 @@ from engine.events import (
     PartRetry,
     Phase,
 )
-from engine.journal import FileJournal, Journal, JournalKey
-from engine.models import FileInfo, PartResult, PartSpec, UploadResult
+from engine.journal import FileJournal, Journal, JournalKey, UploadVoided
+from engine.models import FileInfo, PartRequest, PartResult, PartSpec, Skipped, UploadResult
 from engine.plan import plan_parts
-from engine.retry import RetryPolicy, Verdict, decide, is_md5_etag
+from engine.retry import RetryPolicy, decide, integrity_of
 from engine.source import FileSource
 from engine.target import OnChange, Target, TargetContext
-from engine.transport import AttemptFailed, RangeBody, put_range
+from engine.transport import AttemptFailed, PutOutcome, Throttle, put_range
 
-__all__ = ["Engine"]
+__all__ = ["FINISHED_AT", "Engine", "PartPut", "PartSender"]
+
+#: the key of a ``done`` record that holds when the file finished (ISO 8601, UTC)
+FINISHED_AT = "finished_at"
+#: seconds an abandoned upload's clean-up may take (an abort the storage does not answer)
+ABANDON_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PartPut:
+    """One PUT the engine wants made: ``part`` of ``info``'s file, as ``request`` says.
+    ``md5``: hash the bytes sent; ``tls``: the target's own TLS context, if it has one."""
+
+    info: FileInfo
+    part: PartSpec
+    request: PartRequest
+    md5: bool
+    tls: ssl.SSLContext | None = None
+
+
+class PartSender(Protocol):
+    """Moves parts' bytes for the engine from elsewhere (``engine.cluster``). It only sends:
+    the engine keeps the limiter (``slots`` PUTs at once), retries, ETag checks and the journal.
+    ``send`` returns what ``put_range`` returns or raises ``AttemptFailed``; it may be asked for
+    the same part again, and reports bytes through ``on_progress`` as ``put_range`` does."""
+
+    @property
+    def slots(self) -> int: ...
+
+    async def send(self, put: PartPut, on_progress: Callable[[int], None]) -> PutOutcome: ...
 
 
 @dataclass(slots=True)
@@ -59,6 +101,7 @@ class _FileRun:
     info: FileInfo
     ctx: TargetContext
     source: FileSource
+    hashing: bool = True  # off once the store's answers cannot be checked (or checks are off)
     results: dict[int, PartResult] = field(default_factory=dict)
     bytes_sent: int = 0
     retries: int = 0
@@ -78,6 +121,8 @@ class Engine:
         emit: EventHook,
         clock: Clock | None = None,
         on_change: OnChange = "restart",
+        force: bool = False,
+        sender: PartSender | None = None,
     ) -> None:
         self._config = config
         self._retry = RetryPolicy.of(config)
@@ -87,8 +132,12 @@ class Engine:
         self._emit = emit
         self._clock = clock or SystemClock(random.Random())
         self._on_change: OnChange = on_change
-        self._limiter = anyio.CapacityLimiter(config.concurrency)
+        self._sender = sender
+        self._throttle = Throttle(config.bwlimit) if config.bwlimit else None
+        self._limiter = anyio.CapacityLimiter(sender.slots if sender else config.concurrency)
         self._stopping = False
+        self._stopped = anyio.Event()
+        self._force = force
 
     def __repr__(self) -> str:
         return (
@@ -122,6 +171,13 @@ class Engine:
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def force(self) -> bool:
+        return self._force
+
+    async def wait_stopping(self) -> None:
+        await self._stopped.wait()
+
     def emit(self, event: Event) -> None:
         self._emit(event)
 
@@ -143,11 +199,15 @@ class Engine:
         """Start no new part and no retry; parts in flight finish. Files with parts left
         fail with ``InterruptedUpload`` (their journal lets a rerun resume them)."""
         self._stopping = True
+        self._stopped.set()
 
-    async def upload_file(self, info: FileInfo, target: Target) -> UploadResult:
-        """Upload one file to ``target``; raise one ``UploadError`` if it fails."""
+    async def upload_file(
+        self, info: FileInfo, target: Target, *, force: bool | None = None
+    ) -> UploadResult:
+        """Upload one file to ``target``; raise one ``UploadError`` if it fails. ``force``
+        (default: the engine's) uploads it again even when the destination holds it."""
         try:
-            return await self._upload_file(info, target)
+            return await self._abandoning(info, target, self._force if force is None else force)
         except InputError as exc:
             # Reads deep in the data path know offsets, not names: say which file it was.
             named = exc if str(info.path) in str(exc) else type(exc)(f"{info.path}: {exc}")
@@ -159,23 +219,34 @@ class Engine:
             self._emit(FileFailed(info.path, exc))
             raise
 
-    async def _upload_file(self, info: FileInfo, target: Target) -> UploadResult:
+    async def _abandoning(self, info: FileInfo, target: Target, force: bool) -> UploadResult:
+        """``_upload_file``; when no journal on disk keeps the file's remote upload for a
+        rerun, one that stops unfinished (cancelled or failed) is abandoned (``Target.abandon``:
+        S3 aborts its multipart upload); with a journal it is kept, to be resumed."""
+        try:
+            return await self._upload_file(info, target, force)
+        except BaseException:
+            if self._journal.path is None:
+                ctx = TargetContext(info, self, self._journal.for_key(target.journal_key(info)))
+                shield, limit = anyio.CancelScope(shield=True), anyio.move_on_after(ABANDON_TIMEOUT)
+                with shield, limit, contextlib.suppress(Exception):
+                    await target.abandon(ctx)
+            raise
+
+    async def _upload_file(self, info: FileInfo, target: Target, force: bool) -> UploadResult:
         started = self._clock.monotonic()
         if self._stopping:
             raise InterruptedUpload(f"{info.path}: not started (stopping)")
         fj = self.begin(target.journal_key(info), info)
-        state = fj.state
-        if state.done is not None:
-            parts = tuple(state.parts[n] for n in sorted(state.parts))
-            remote = target.remote_type.from_record(state.done)
-            result = UploadResult(info.path, info.size, parts, 0.0, 0, 0, remote)
-            self._emit(FileFinished(info.path, result))
-            return result
         ctx = TargetContext(info, self, fj)
+        if fj.state.done is not None:
+            skipped = await self._already_uploaded(info, target, ctx, force)
+            if skipped is not None:
+                return skipped
         limits = await target.prepare(ctx)
         plan = plan_parts(info.size, part_size=self._config.part_size, limits=limits)
         with FileSource(info) as source:
-            run = _FileRun(info, ctx, source)
+            run = _FileRun(info, ctx, source, hashing=self._config.verify_etag)
             run.results.update(await target.stored_parts(plan, ctx))
             todo = [p for p in plan if p.number not in run.results]
             self._emit(
@@ -191,11 +262,35 @@ class Engine:
             source.check_unchanged(uploading=True)
         parts = tuple(run.results[p.number] for p in plan)
         remote = await target.complete(parts, ctx)
-        fj.done(remote.to_record())
+        fj.done({**remote.to_record(), FINISHED_AT: self._clock.now().isoformat()})
         seconds = self._clock.monotonic() - started
         result = UploadResult(
             info.path, info.size, parts, seconds, run.bytes_sent, run.retries, remote
         )
+        self._emit(FileFinished(info.path, result))
+        return result
+
+    async def _already_uploaded(
+        self, info: FileInfo, target: Target, ctx: TargetContext, force: bool
+    ) -> UploadResult | None:
+        """The result of a file the journal says is done, when its destination confirms it;
+        ``None`` (its journaled facts voided) when it must be uploaded again."""
+        fj = ctx.journal
+        done = fj.state.done or {}
+        remote = target.remote_type.from_record(done)
+        if force:
+            ctx.phase("uploaded before: uploading it again, as forced")
+            fj.record(UploadVoided())
+            return None
+        found = await target.confirm(remote, ctx)
+        if not found.held:
+            ctx.phase(f"the journal says it was uploaded, but {found.why}: uploading it again")
+            fj.record(UploadVoided())
+            return None
+        state = fj.state
+        parts = tuple(state.parts[n] for n in sorted(state.parts))
+        skipped = Skipped("already uploaded", str(done.get(FINISHED_AT) or ""))
+        result = UploadResult(info.path, info.size, parts, 0.0, 0, 0, remote, skipped)
         self._emit(FileFinished(info.path, result))
         return result
 
@@ -214,7 +309,7 @@ class Engine:
                     return
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(self._config.concurrency, len(queue))):
+            for _ in range(min(int(self._limiter.total_tokens), len(queue))):
                 tg.start_soon(worker, tg.cancel_scope)
         if failures:
             raise failures[0]
@@ -224,40 +319,53 @@ class Engine:
             )
 
     async def _attempt(
-        self, run: _FileRun, target: Target, part: PartSpec, refresh: bool, bodies: list[RangeBody]
+        self, run: _FileRun, target: Target, part: PartSpec, refresh: bool, sent: list[int]
     ) -> PartResult | AttemptFailed:
-        """One PUT of ``part`` inside the limiter: the stored part, or why it failed."""
+        """One PUT of ``part`` inside the limiter: the stored part, or why it failed
+        (``sent[0]``: the bytes of this attempt counted as sent)."""
         cfg = self._config
 
         def progress(n: int) -> None:
+            sent[0] += n
             run.bytes_sent += n
             self._emit(BytesSent(run.info.path, part.number, n))
 
         async with self._limiter:
             request = await target.part_request(part, run.ctx, refresh=refresh)
             try:
-                outcome = await put_range(
-                    self._data,
-                    request,
-                    run.source.fd,
-                    part,
-                    chunk_size=cfg.chunk_size,
-                    stall_timeout=cfg.stall_timeout,
-                    on_progress=progress,
-                    body_out=bodies,
-                    md5=cfg.verify_etag,
-                )
+                if self._sender is not None:
+                    put = PartPut(run.info, part, request, run.hashing, target.tls(run.ctx))
+                    outcome = await self._sender.send(put, progress)
+                else:
+                    outcome = await put_range(
+                        self._data,
+                        request,
+                        run.source.fd,
+                        part,
+                        chunk_size=cfg.chunk_size,
+                        stall_timeout=cfg.stall_timeout,
+                        on_progress=progress,
+                        md5=run.hashing,
+                        tls=target.tls(run.ctx),
+                        throttle=self._throttle,
+                    )
             except AttemptFailed as failed:
                 return failed
-        if (
-            cfg.verify_etag
-            and is_md5_etag(outcome.etag)
-            and outcome.etag.strip('"').lower() != outcome.md5
-        ):
-            return AttemptFailed(
-                Verdict("transient", "ETag does not match the MD5 of the bytes sent")
-            )
+        found = integrity_of(outcome.etag, outcome.headers)
+        if found.check == "none":
+            self._unverifiable(run, found.why)
+        elif (bad := found.mismatch(outcome.md5)) is not None:
+            return AttemptFailed(bad)
         return PartResult(part.number, outcome.etag, part.size)
+
+    def _unverifiable(self, run: _FileRun, why: str) -> None:
+        """The store's answers cannot be checked: say so once, and stop hashing the file."""
+        if run.hashing:
+            run.hashing = False
+            run.ctx.phase(
+                f"the store's ETags cannot be checked against the bytes sent ({why}): "
+                "accepted as answered, not verified"
+            )
 
     async def _send_part(self, run: _FileRun, target: Target, part: PartSpec) -> PartResult:
         path = run.info.path
@@ -265,8 +373,8 @@ class Engine:
         attempt = 0
         while True:
             attempt += 1
-            bodies: list[RangeBody] = []
-            got = await self._attempt(run, target, part, refresh, bodies)
+            sent = [0]
+            got = await self._attempt(run, target, part, refresh, sent)
             if isinstance(got, PartResult):
                 run.source.check_unchanged(uploading=True)  # before the part counts
                 run.ctx.journal.part_done(got)
@@ -291,11 +399,12 @@ class Engine:
                 ) from got
             if step.action == "give_up":
                 raise RetriesExhaustedError(
-                    f"part {part.number} failed {attempt} times; last: {verdict.reason}",
+                    f"part {part.number} failed {attempt} time{'s' if attempt > 1 else ''}; "
+                    f"last: {verdict.reason}",
                     part_number=part.number,
                 ) from got
             refresh = step.refresh
             run.retries += 1
-            lost = bodies[0].sent if bodies else 0
+            lost = sent[0]
             self._emit(PartRetry(path, part.number, attempt, verdict.reason, step.delay, lost))
             await self._clock.sleep(step.delay)

@@ -13,8 +13,16 @@ Rules:
 - ``md5=False`` skips hashing (the caller will not compare ETags); ``PutOutcome.md5`` is then
   empty;
 - ``Content-Length`` is always explicit (a presigned PUT refuses chunked bodies);
+- a PUT to Azure Blob storage (the request carries ``x-ms-blob-type``, as Speckle's
+  ``additionalRequestHeaders`` say) holds at most ``AZURE_MAX_PUT`` bytes (Put Blob's limit,
+  5,000 MiB): a larger body is refused with ``TooLargeError`` before a byte is sent; any 2xx
+  (Azure answers 201 Created) is a success;
+- the answer's ETag is returned exactly as sent, with the headers that say what it can be
+  checked against (``engine.retry.INTEGRITY_HEADERS``); the caller decides;
 - a PUT that makes no progress (no bytes written, no response) for ``stall_timeout`` seconds
   is cancelled and reported as transient;
+- a ``Throttle`` (``--bwlimit``, one per process) caps the send rate of every PUT sharing it:
+  a throttled body takes the copy path, in pieces of at most a tenth of a second's worth;
 - every failure becomes an ``AttemptFailed`` carrying a retry ``Verdict``; messages are
   redacted (no URL query strings, no credentials).
 """
@@ -25,20 +33,34 @@ import asyncio
 import hashlib
 import io
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+import ssl
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
 
 import aiohttp
 import anyio
 from aiohttp.abc import AbstractStreamWriter
 
-from engine.errors import InputError, SourceChangedError, SourceError
+from engine.errors import InputError, SourceChangedError, SourceError, TooLargeError
 from engine.models import PartRequest, PartSpec
 from engine.redact import redact
-from engine.retry import Verdict, classify_response, parse_s3_error
+from engine.retry import INTEGRITY_HEADERS, Verdict, classify_response, parse_s3_error
 from engine.source import read_chunk
+from engine.units import human_bytes
 
-__all__ = ["AttemptFailed", "PutOutcome", "RangeBody", "put_range"]
+__all__ = [
+    "AZURE_MAX_PUT",
+    "AttemptFailed",
+    "PutOutcome",
+    "RangeBody",
+    "Throttle",
+    "check_put_size",
+    "put_range",
+]
+
+#: the largest body Azure Blob storage takes in one Put Blob (service version 2019-12-12 on)
+AZURE_MAX_PUT: Final = 5000 * 1024 * 1024
 
 _MAX_ERROR_BODY = 64 * 1024
 # sendfile(2) slice: progress (and the stall deadline) moves once per slice; ~2-4 ms of work.
@@ -63,6 +85,48 @@ class AttemptFailed(Exception):
 class PutOutcome:
     etag: str  # exactly as returned, quotes included
     md5: str  # hex digest of the bytes sent (of the range, on the zero-copy path); "" if off
+    #: the answer's ``INTEGRITY_HEADERS`` that were present, names in lower case
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class Throttle:
+    """A send-rate cap shared by every PUT of one process: at most ``rate`` bytes per second
+    on average, first come first served, with no burst beyond one ``piece`` (a tenth of a
+    second's worth, at least 4 KiB). ``reserve`` decides (no I/O); ``take`` waits."""
+
+    def __init__(self, rate: float) -> None:
+        if not rate > 0:
+            raise ValueError(f"a send rate must be positive, got {rate!r}")
+        self.rate = float(rate)
+        self.piece = max(4096, int(rate / 10))
+        self._free_at = 0.0  # when every byte reserved so far will have gone
+
+    def __repr__(self) -> str:
+        return f"<Throttle {self.rate:.0f} B/s piece={self.piece}>"
+
+    def reserve(self, n: int, now: float) -> float:
+        """Book ``n`` bytes at ``now`` (seconds, monotonic); return how long to wait first."""
+        start = max(now, self._free_at)
+        self._free_at = start + n / self.rate
+        return start - now
+
+    async def take(self, n: int) -> None:
+        """Wait until ``n`` more bytes may be sent."""
+        delay = self.reserve(n, anyio.current_time())
+        if delay > 0:
+            await anyio.sleep(delay)
+
+
+def check_put_size(request: PartRequest, part: PartSpec) -> None:
+    """Refuse, before sending, a body larger than the store behind ``request`` takes in one
+    PUT: Azure Blob storage (``x-ms-blob-type`` in the request) at most ``AZURE_MAX_PUT``."""
+    azure = any(name.lower() == "x-ms-blob-type" for name, _ in request.headers)
+    if azure and part.size > AZURE_MAX_PUT:
+        raise TooLargeError(
+            f"{human_bytes(part.size)} is more than Azure Blob storage takes in one upload "
+            f"({human_bytes(AZURE_MAX_PUT)}, its Put Blob limit); this destination cannot "
+            "hold the file"
+        )
 
 
 def _zero_copy_possible(transport: asyncio.BaseTransport | None) -> bool:
@@ -101,7 +165,7 @@ class RangeBody(aiohttp.Payload):
     """A request body streamed from ``[part.offset, part.end)`` of an open file.
 
     ``zero_copy`` allows the ``sendfile(2)`` path where the connection permits it;
-    ``md5=False`` skips hashing."""
+    ``md5=False`` skips hashing; ``throttle`` caps the rate (and takes the copy path)."""
 
     def __init__(
         self,
@@ -113,6 +177,7 @@ class RangeBody(aiohttp.Payload):
         content_type: str = "application/octet-stream",
         md5: bool = True,
         zero_copy: bool = True,
+        throttle: Throttle | None = None,
     ) -> None:
         super().__init__(None, content_type=content_type)
         self._fd = fd
@@ -120,7 +185,10 @@ class RangeBody(aiohttp.Payload):
         self._chunk = chunk_size
         self._on_progress = on_progress
         self._size = part.size
-        self._zero_copy = zero_copy
+        self._zero_copy = zero_copy and throttle is None
+        self._throttle = throttle
+        if throttle is not None:
+            self._chunk = min(chunk_size, throttle.piece)
         self.hashing = md5
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.sent = 0
@@ -160,6 +228,8 @@ class RangeBody(aiohttp.Payload):
                 n = min(self._chunk, remaining)
                 # A fresh bytes object per chunk: never refilled while a transport holds it.
                 data = await anyio.to_thread.run_sync(read_chunk, self._fd, n, offset, md5)
+                if self._throttle is not None:
+                    await self._throttle.take(n)
                 await writer.write(data)
                 offset += n
                 remaining -= n
@@ -213,6 +283,15 @@ class RangeBody(aiohttp.Payload):
                 stop[0] = True
 
 
+def _untrusted(exc: aiohttp.ClientConnectorCertificateError) -> str:
+    cause = exc.certificate_error
+    why = getattr(cause, "verify_message", "") or type(cause).__name__
+    return redact(
+        f"the TLS certificate of {exc.host} is not trusted ({why}): give its CA bundle "
+        "(UploadConfig.ca_bundle / --ca-bundle, or SSL_CERT_FILE / SSL_CERT_DIR)"
+    )
+
+
 def _transport_reason(exc: BaseException) -> str:
     name = type(exc).__name__
     text = str(exc).strip()
@@ -231,12 +310,16 @@ async def put_range(
     body_out: list[RangeBody] | None = None,
     md5: bool = True,
     zero_copy: bool = True,
+    tls: ssl.SSLContext | None = None,
+    throttle: Throttle | None = None,
 ) -> PutOutcome:
     """Send one part; return its ETag and MD5, or raise ``AttemptFailed`` / ``InputError``.
 
     ``body_out`` receives the body so the caller can read ``sent`` after a failure.
     ``md5=False`` skips hashing (``PutOutcome.md5`` is then ``""``); ``zero_copy=False``
-    forbids the ``sendfile(2)`` path."""
+    forbids the ``sendfile(2)`` path; ``tls`` replaces the session's TLS context for this
+    request (a destination with its own CA bundle); ``throttle`` caps the send rate."""
+    check_put_size(request, part)
     with anyio.CancelScope(deadline=anyio.current_time() + stall_timeout) as stall:
 
         def progress(n: int) -> None:
@@ -256,30 +339,43 @@ async def put_range(
             content_type=content_type,
             md5=md5,
             zero_copy=zero_copy,
+            throttle=throttle,
         )
         if body_out is not None:
             body_out.append(body)
         try:
             async with session.request(
-                request.method, request.url, data=body, headers=headers
+                request.method,
+                request.url,
+                data=body,
+                headers=headers,
+                ssl=True if tls is None else tls,  # True: the session's own
             ) as resp:
                 payload = await resp.content.read(_MAX_ERROR_BODY)
                 status = resp.status
                 etag = resp.headers.get("ETag", "")
                 retry_after = resp.headers.get("Retry-After")
+                kept = {h: resp.headers[h] for h in INTEGRITY_HEADERS if h in resp.headers}
         except InputError:
             raise
+        except aiohttp.ClientConnectorCertificateError as exc:  # no retry makes it trusted
+            raise AttemptFailed(Verdict("fatal", _untrusted(exc))) from exc
         except Exception as exc:  # connection errors; aiohttp may wrap a body failure in anything
             if body.error is not None:
                 raise body.error from None
             raise AttemptFailed(Verdict("transient", _transport_reason(exc))) from exc
     if stall.cancelled_caught:
         raise AttemptFailed(Verdict("transient", f"stalled: no progress for {stall_timeout:g} s"))
-    return _outcome(status, payload, etag, retry_after, body)
+    return _outcome(status, payload, etag, retry_after, body, kept)
 
 
 def _outcome(
-    status: int, payload: bytes, etag: str, retry_after: str | None, body: RangeBody
+    status: int,
+    payload: bytes,
+    etag: str,
+    retry_after: str | None,
+    body: RangeBody,
+    headers: Mapping[str, str],
 ) -> PutOutcome:
     if not 200 <= status < 300:
         raise AttemptFailed(classify_response(status, payload, retry_after))
@@ -295,4 +391,5 @@ def _outcome(
         raise AttemptFailed(Verdict("fatal", f"HTTP {status} without an ETag header"))
     if body.sent != body.size:
         raise AttemptFailed(Verdict("transient", "body not fully sent"))
-    return PutOutcome(etag=etag, md5=body.md5.hexdigest() if body.hashing else "")
+    md5 = body.md5.hexdigest() if body.hashing else ""
+    return PutOutcome(etag=etag, md5=md5, headers=headers)

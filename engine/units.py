@@ -1,4 +1,7 @@
-"""Sizes and rates as people read them (shared by the directory logic and the CLI's views)."""
+"""Sizes and rates as people read them (shared by the directory logic and the CLI's views).
+
+One unit system: binary (KiB, MiB, GiB = 1024**n bytes), for sizes and rates alike, as rclone
+and the progress bars show them."""
 
 from __future__ import annotations
 
@@ -15,4 +18,5 @@ def human_bytes(n: float) -> str:
 
 
 def human_rate(bytes_per_second: float) -> str:
-    return f"{bytes_per_second / 1e6:.1f} MB/s"
+    """``104857600`` -> ``"100.0 MiB/s"`` (binary, like ``human_bytes``)."""
+    return f"{human_bytes(bytes_per_second)}/s"

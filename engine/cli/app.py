@@ -2,7 +2,9 @@
 event loop, the exit code and the last line printed.
 
 Errors are one line on stderr, never a traceback (``UPLOAD_ENGINE_DEBUG=1`` re-raises a bug).
-Credentials never come from arguments (``engine.cli.credentials``).
+Credentials never come from arguments (``engine.cli.credentials``); other defaults come from
+flags, the environment and the config file (``engine.cli.settings``). With ``--json`` the last
+line on stdout is always one ``Result`` record (``engine.cli.output``), whatever happened.
 """
 
 from __future__ import annotations
@@ -12,20 +14,24 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-
-import anyio
-import orjson
+from typing import Any
 
 from engine import __version__
-from engine.cli import demo, import_, sandbox, upload
+from engine.cli import completion, config_cmd, demo, import_, sandbox, upload
 from engine.cli.output import (
+    EXIT_AUTH,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     Outcome,
+    escape,
+    exit_code_of,
+    json_line,
     one_line,
 )
-from engine.errors import ConfigError, InputError, SourceChangedError, StateError, UploadError
+from engine.cli.settings import apply_settings
+from engine.cli.verbosity import add_global_options, level_of
+from engine.errors import UploadError
 from engine.redact import redact
 
 __all__ = ["build_parser", "main"]
@@ -37,66 +43,104 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="upload-engine",
         description="Concurrent, resumable uploads of large scan files (E57, IFC).",
+        epilog="Exit codes: 0 done, 1 a file failed remotely, 2 usage or local input error, "
+        "3 authentication or permission, 130 interrupted.",
     )
     parser.add_argument("-V", "--version", action="version", version=f"upload-engine {__version__}")
+    add_global_options(parser, sub=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (upload, demo, sandbox, import_):
+    for command in (upload, import_, demo, sandbox, config_cmd, completion):
         command.register(sub)
+    for name, command_parser in sub.choices.items():
+        if name != "completion":
+            add_global_options(command_parser, sub=True)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "insecure", False):
-        print("warning: TLS certificate verification is OFF (--insecure)", file=sys.stderr)
+    json_mode = bool(getattr(args, "json", False))
     started = time.monotonic()
     try:
+        apply_settings(args)
+        args.level = level_of(args)
+        if getattr(args, "insecure", False):
+            print("warning: TLS certificate verification is OFF (--insecure)", file=sys.stderr)
         outcome = _run_async(args.runner, args)
     except KeyboardInterrupt:
         print(
             "interrupted: parts stored so far are kept; rerun the same command to resume",
             file=sys.stderr,
         )
+        if json_mode:
+            json_line({"type": "Result", "ok": False, "exit_code": EXIT_INTERRUPTED})
         return EXIT_INTERRUPTED
     except Exception as exc:
         code = _say_error(exc)
         if code is None:
             raise
+        if json_mode:
+            json_line(_failed_record(exc, code, started))
         return code
-    if getattr(args, "json", False):
-        record = {"ok": not outcome.failed, **outcome.record}
-        record.setdefault("seconds", round(time.monotonic() - started, 3))
-        sys.stdout.write(redact(orjson.dumps(record, default=str).decode()) + "\n")
-    elif outcome.line:
-        print(redact(outcome.line))
+    _finish(args, outcome, started, json_mode)
     return outcome.exit_code
 
 
+def _finish(args: argparse.Namespace, outcome: Outcome, started: float, json_mode: bool) -> None:
+    if json_mode:
+        record: dict[str, Any] = {
+            "type": "Result",
+            "ok": outcome.exit_code == 0,
+            "exit_code": outcome.exit_code,
+            **outcome.record,
+        }
+        record.setdefault("seconds", round(time.monotonic() - started, 3))
+        json_line(record)
+    elif outcome.line:
+        out = sys.stderr if getattr(args, "final_to_stderr", False) else sys.stdout
+        print("\n".join(escape(redact(line)) for line in outcome.line.splitlines()), file=out)
+
+
+def _failed_record(exc: Exception, code: int, started: float) -> dict[str, Any]:
+    return {
+        "type": "Result",
+        "ok": False,
+        "exit_code": code,
+        "error": one_line(exc),
+        "error_type": type(exc).__name__,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
 def _run_async(runner: Runner, args: argparse.Namespace) -> Outcome:
+    import anyio
+
     use_uvloop = getattr(args, "loop", "auto") == "uvloop"
     if use_uvloop:
         try:
             import uvloop  # noqa: F401
         except ImportError:
-            use_uvloop = False
+            from engine.errors import ConfigError
+
+            raise ConfigError(
+                "--loop uvloop needs uvloop: pip install 'upload-engine[uvloop]'"
+            ) from None
     return anyio.run(runner, args, backend_options={"use_uvloop": use_uvloop})
 
 
 def _say_error(exc: Exception) -> int | None:
-    """Print ``exc`` as the one last line and return the exit code; ``None``: a bug to re-raise
-    (``UPLOAD_ENGINE_DEBUG`` is set)."""
-    if isinstance(exc, ConfigError | StateError) or (
-        isinstance(exc, InputError) and not isinstance(exc, SourceChangedError)
-    ):  # a local problem: the state directory (full, locked, corrupted) counts as one
-        print(f"upload-engine: error: {redact(one_line(exc))}", file=sys.stderr)
-        return EXIT_USAGE
-    if isinstance(exc, UploadError):  # a file changed while uploading fails it (resumable)
-        print(f"upload-engine: failed: {redact(one_line(exc))}", file=sys.stderr)
-        return EXIT_FAILED
+    """Print ``exc`` as the one last line and return the exit code (``output.exit_code_of``);
+    ``None``: a bug to re-raise (``UPLOAD_ENGINE_DEBUG`` is set)."""
+    if isinstance(exc, UploadError):
+        code = exit_code_of(exc)
+        local = code == EXIT_USAGE or (code == EXIT_AUTH and not getattr(exc, "code", ""))
+        word = "error" if local else "failed"  # "failed": the platform said no
+        print(f"upload-engine: {word}: {redact(one_line(exc))}", file=sys.stderr)
+        return code
     if isinstance(exc, OSError):  # the state directory, the report file: local, not the upload's
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = f"{escape(str(exc.filename))}: " if exc.filename else ""
         print(f"upload-engine: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_USAGE
     if os.environ.get("UPLOAD_ENGINE_DEBUG"):
         return None
     print(

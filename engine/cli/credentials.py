@@ -99,10 +99,10 @@ def _parse_credentials(raw: bytes, path: Path) -> dict[str, str]:
 
 def read_credentials(read: Callable[[Mapping[str, str]], T]) -> T:
     """Credentials from the environment or the credentials file (``credentials_env``); missing
-    ones are a usage error (exit 2), found before anything is sent. (Credentials the platform
-    refuses stay an ``AuthenticationError``.)"""
+    ones are an ``AuthenticationError`` (exit 3, as credentials the platform refuses), found
+    before anything is sent. A credentials file that cannot be used is a ``ConfigError``."""
     env = credentials_env()
     try:
         return read(env)
     except AuthenticationError as exc:
-        raise ConfigError(f"{exc} (or in {credentials_path(env)}, mode 600)") from None
+        raise AuthenticationError(f"{exc} (or in {credentials_path(env)}, mode 600)") from None

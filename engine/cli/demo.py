@@ -11,8 +11,8 @@ from typing import Any
 import anyio
 
 from engine.cli.destinations import sandbox, sandbox_matterport
-from engine.cli.options import add_engine_options, engine_config, view_mode
-from engine.cli.output import Outcome, md5_of, rate, remote_fields
+from engine.cli.options import add_engine_options, engine_config, view_mode, view_options
+from engine.cli.output import Outcome, md5_of, plural, rate, remote_fields
 from engine.cli.progress import ProgressView, progress_for
 from engine.client import Uploader
 from engine.config import MiB
@@ -39,11 +39,12 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
 async def run_demo(args: argparse.Namespace) -> Outcome:
     from engine.sandbox.matterport import MatterportPlane
 
-    say = ProgressView("log", total_files=0, total_bytes=0)
+    say = ProgressView("log", total_files=0, total_bytes=0, level=args.level)
     sample, source_md5 = await _sample(args.dir, args.size * MiB, say)
     info = FileInfo.of(sample)
     say.print(f"starting the sandbox (faults: {args.faults or 'none'})")
-    with progress_for(view_mode(args), files=1, total=info.size) as view:
+    kw = view_options(args)
+    with progress_for(view_mode(args), files=1, total=info.size, quiet_failures=True, **kw) as view:
         async with sandbox(args.dir / "sandbox", args.faults) as sb:
             started = time.monotonic()
             async with Uploader(engine_config(args), on_event=view) as up:
@@ -99,8 +100,9 @@ def _lines(
         f"              session {record['session_id']} -> model {record['model_id']}",
         f"bytes stored: {args.dir / 'sandbox'} (the sandbox's data directory)",
         f"throughput:   {human_bytes(size)} in {seconds:.2f} s = "
-        f"{human_rate(record['throughput'])} ({parts} parts, "
-        f"concurrency {args.concurrency}, {record['retries']} retries survived)",
+        f"{human_rate(record['throughput'])} ({plural(parts, 'part')}, "
+        f"concurrency {args.concurrency}, "
+        f"{plural(record['retries'], 'retry', 'retries')} survived)",
         f"MD5 checked:  sandbox {stored_md5} {'==' if ok else '!='} source {md5}"
         + ("  OK" if ok else "  MISMATCH"),
     ]

@@ -9,20 +9,21 @@ that start or talk to one, so an upload to a real platform or S3 never imports i
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from engine.cli.credentials import read_credentials
-from engine.cli.options import Kind, destination_kind
+from engine.cli.options import Kind, destination_kind, split_s3
 from engine.errors import ConfigError, RemoteError
 from engine.models import FileInfo, PartLimits, PartResult
 from engine.providers.matterport import Matterport, MatterportCredentials
-from engine.providers.s3 import S3Target, parse_s3_url
+from engine.providers.s3 import NO_BOTOCORE, S3Clients, S3Target, translate
 from engine.providers.speckle import Speckle, SpeckleCredentials
 from engine.target import PresignedMultipart
 
@@ -39,13 +40,15 @@ __all__ = [
     "sandbox_matterport",
     "sandbox_speckle",
     "sandbox_target",
+    "speckle_options",
 ]
 
 
 @dataclass(frozen=True)
 class S3Place:
     """``--to s3://BUCKET/KEY`` and the S3 flags: an object key, or a prefix ending in ``/``
-    (or nothing) under which each file keeps its name."""
+    (or nothing) under which each file keeps its name (``upload``) or its path relative to
+    the directory (``import``). Every target shares one botocore client (``clients``)."""
 
     bucket: str
     key: str
@@ -53,19 +56,32 @@ class S3Place:
     region: str | None = None
     profile: str | None = None
     verify_tls: bool = True
+    clients: S3Clients = field(default_factory=S3Clients)
 
-    def key_for(self, path: Path) -> str:
-        return self.key + path.name if (not self.key or self.key.endswith("/")) else self.key
+    def key_for(self, path: Path, rel: str | None = None) -> str:
+        if self.key and not self.key.endswith("/"):
+            return self.key
+        return self.key + (rel if rel is not None else path.name)
 
-    def target(self, path: Path) -> S3Target:
+    def target(self, path: Path, rel: str | None = None) -> S3Target:
         return S3Target(
             self.bucket,
-            self.key_for(path),
+            self.key_for(path, rel),
             endpoint_url=self.endpoint_url,
             region=self.region,
             profile=self.profile,
             verify_tls=self.verify_tls,
+            clients=self.clients,
         )
+
+    def check_credentials(self) -> None:
+        """Blocking: make the shared client now, so missing AWS credentials are one line
+        (exit 3) before any file is read or sent, as for the platforms."""
+        probe = self.target(Path("probe"))
+        try:
+            self.clients.client_for(probe)
+        except Exception as exc:
+            raise translate(exc, f"reach s3://{self.bucket}") from None
 
 
 @dataclass
@@ -95,14 +111,17 @@ async def open_destination(
     ``--to sandbox*`` a sandbox keeping its bytes in ``sandbox_dir``, running until exit."""
     kind = destination_kind(args.to)
     if not args.to.startswith("sandbox"):
-        yield _remote(args, kind)
+        dest = _remote(args, kind)
+        if dest.s3 is not None:
+            await anyio.to_thread.run_sync(dest.s3.check_credentials)
+        yield dest
         return
     async with sandbox(sandbox_dir, args.sandbox_faults) as sb:
         dest = Destination(args.to, sandbox=sb)
         if kind in ("matterport", "sandbox"):
             dest.matterport, dest.organization = sandbox_matterport(sb, args.organization)
         if kind in ("speckle", "sandbox"):
-            dest.speckle, dest.project = sandbox_speckle(sb, args.project)
+            dest.speckle, dest.project = sandbox_speckle(sb, args.project, **speckle_options(args))
         yield dest
 
 
@@ -114,9 +133,12 @@ def _remote(args: argparse.Namespace, kind: Kind) -> Destination:
         return Destination(args.to, matterport=client, organization=args.organization)
     if kind == "speckle":
         kw = {"server": args.server} if args.server else {}
-        speckle = Speckle(read_credentials(SpeckleCredentials.from_env), **kw)
+        credentials = read_credentials(SpeckleCredentials.from_env)
+        speckle = Speckle(credentials, **kw, **speckle_options(args))
         return Destination(args.to, speckle=speckle, project=args.project)
-    bucket, key = parse_s3_url(args.to)
+    if importlib.util.find_spec("botocore") is None:
+        raise ConfigError(NO_BOTOCORE)
+    bucket, key = split_s3(args.to)
     place = S3Place(
         bucket,
         key,
@@ -171,10 +193,20 @@ def sandbox_matterport(sb: Sandbox, organization: str | None = None) -> tuple[Ma
     return client, organization or sorted(mp.organizations)[0]
 
 
-def sandbox_speckle(sb: Sandbox, project: str | None = None) -> tuple[Speckle, str]:
-    """A client of a running ``sandbox()``'s Speckle plane, and the project to use."""
+def speckle_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Speckle`` keywords of ``--speckle-api`` and ``--processing-timeout``."""
+    return {
+        "api": getattr(args, "speckle_api", "auto"),
+        "ingestion_deadline": getattr(args, "processing_timeout", 1800.0),
+    }
+
+
+def sandbox_speckle(sb: Sandbox, project: str | None = None, **options: Any) -> tuple[Speckle, str]:
+    """A client of a running ``sandbox()``'s Speckle plane, and the project to use
+    (``options``: more ``Speckle`` keywords, e.g. ``speckle_options(args)``)."""
     sp = sb.config.speckle
-    client = Speckle(SpeckleCredentials(next(iter(sp.tokens))), server=sb.url, poll_interval=0.05)
+    token = SpeckleCredentials(next(iter(sp.tokens)))
+    client = Speckle(token, server=sb.url, poll_interval=0.05, **options)
     return client, project or sorted(sp.projects)[0]
 
 

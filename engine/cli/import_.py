@@ -25,25 +25,39 @@ from typing import Any
 import anyio
 import orjson
 from anyio.abc import TaskGroup
-from rich.console import Console
-from rich.table import Table
 
 from engine.bulk import Entry, Units, mark_unfinished, report, survey
 from engine.cli.destinations import Destination, open_destination
+from engine.cli.fanout import add_cluster_options, drain_when_lost, open_fanout
 from engine.cli.options import (
     JOURNAL,
+    TREE_DESTINATIONS,
     add_destination_options,
     add_engine_options,
     check_destination,
     engine_config,
+    positive,
     view_mode,
+    view_options,
 )
-from engine.cli.output import EXIT_INTERRUPTED, Outcome, remote_fields
+from engine.cli.output import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    Outcome,
+    escape,
+    exit_code_of,
+    plural,
+    remote_fields,
+    worst,
+)
 from engine.cli.progress import ProgressView
+from engine.cli.tables import print_table
+from engine.cli.verbosity import http_trace, rank
 from engine.client import Uploader
 from engine.errors import ConfigError, InterruptedUpload, UploadError
 from engine.events import FileFailed
 from engine.models import UploadResult
+from engine.plan import plan_parts
 from engine.redact import redact
 from engine.units import human_bytes, human_rate
 
@@ -55,13 +69,14 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
         "import",
         help="upload every scan under a directory (resumable)",
         description="Find E57 and IFC files under DIR and upload them: .e57 to Matterport, "
-        ".ifc to Speckle. Rerun the same command to resume after a crash or Ctrl-C.",
+        ".ifc to Speckle; or every file to s3://BUCKET/PREFIX/ (keys mirror the paths under "
+        "DIR). Rerun the same command to resume after a crash or Ctrl-C.",
     )
     p.add_argument("dir", type=Path, metavar="DIR")
     add_destination_options(p, tree=True)
     p.add_argument("--include", action="append", default=[], metavar="GLOB")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB")
-    p.add_argument("--files-at-once", type=int, default=4, metavar="N")
+    p.add_argument("--files-at-once", type=positive, default=None, metavar="N", help="default 4")
     p.add_argument("--group-by", choices=("file", "folder"), default="file")
     p.add_argument("--state-dir", type=Path, help="journal directory (default DIR/.upload-engine)")
     p.add_argument("--on-change", choices=("restart", "refuse"), default="restart")
@@ -69,12 +84,18 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
     p.add_argument("--dry-run", action="store_true", help="print the plan; send nothing")
     p.add_argument("--grace", type=float, default=5.0, help="seconds for parts in flight on Ctrl-C")
     add_engine_options(p)
+    add_cluster_options(p)
     p.set_defaults(runner=run_import)
 
 
 def _plan(args: argparse.Namespace) -> tuple[Path, list[Entry], Units]:
     """Find, route, check and group the files (blocking file-system work, no network)."""
     root: Path = args.dir
+    if args.to not in TREE_DESTINATIONS and not args.to.startswith("s3://"):
+        raise ConfigError(
+            f"import takes --to {', '.join(TREE_DESTINATIONS)} or s3://BUCKET/PREFIX/, "
+            f"not {args.to!r} (upload takes single files anywhere)"
+        )
     if not root.is_dir():
         raise ConfigError(f"{root}: not a directory")
     root = root.absolute()
@@ -89,11 +110,10 @@ def _plan(args: argparse.Namespace) -> tuple[Path, list[Entry], Units]:
         by_folder=args.group_by == "folder",
         model=args.model,
     )
-    if args.files_at_once < 1:
-        raise ConfigError("--files-at-once must be at least 1")
-    check_destination(args)
+    check_destination(args, files=2)  # a directory: S3 needs a prefix
     if not any(e.platform for e in entries if e.status != "skipped"):
-        raise ConfigError(f"{root}: no E57 or IFC files to upload for --to {args.to}")
+        what = "files" if args.to.startswith("s3://") else "E57 or IFC files"
+        raise ConfigError(f"{root}: no {what} to upload for --to {args.to}")
     if not args.dry_run:
         state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         state_dir.chmod(0o700)
@@ -107,27 +127,35 @@ async def run_import(args: argparse.Namespace) -> Outcome:
     started = time.monotonic()
     files = sum(len(es) for es in units.values())
     total = sum(e.size for es in units.values() for e in es)
-    with ProgressView(view_mode(args), total_files=files, total_bytes=total) as view:
+    root = args.dir.resolve()
+    kw = view_options(args)
+    with ProgressView(
+        view_mode(args), total_files=files, total_bytes=total, root=root, **kw
+    ) as view:
         for e in entries:
             if e.status == "failed":
-                view.print(f"{e.rel}: not uploaded: {e.reason}")
+                view.print(f"{e.rel}: not uploaded: {e.reason}", "ERROR")
         interrupted = await _run_units(args, units, view, state_dir / JOURNAL)
     seconds = time.monotonic() - started
-    result = report(entries, seconds)
+    result = report(entries, seconds, sent=view.sent)
+    if view.workers:  # --cluster / --workers: the bytes each worker sent
+        result["workers"] = view.workers
     if args.report:
         await anyio.Path(args.report).write_bytes(
             orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n"
         )
     _print_summary(args, entries, result["summary"], seconds)
     if interrupted:
-        cmd = " ".join(shlex.quote(a) for a in sys.argv)
+        cmd = escape(" ".join(shlex.quote(a) for a in sys.argv))
         print(f"interrupted: the journal is saved; to resume, rerun:\n  {cmd}", file=sys.stderr)
-    return Outcome(
-        "",
-        result if args.json else {},
-        failed=any(e.status == "failed" for e in entries),
-        code=EXIT_INTERRUPTED if interrupted else None,
-    )
+    return Outcome("", result, code=EXIT_INTERRUPTED if interrupted else _exit_code(entries))
+
+
+def _exit_code(entries: list[Entry]) -> int:
+    """The table's code of the files' ends: a check's refusal is 2, a platform's its own."""
+    codes = [e.code if e.code is not None else EXIT_USAGE for e in entries if e.status == "failed"]
+    codes += [EXIT_INTERRUPTED for e in entries if e.status == "interrupted"]
+    return worst(codes)
 
 
 # ---- running the units ---------------------------------------------------------------------
@@ -138,9 +166,19 @@ async def _run_units(
 ) -> bool:
     """Upload every unit, ``--files-at-once`` at a time; return True when stopped by Ctrl-C."""
     sandbox_dir = args.state_dir / "sandbox" if args.state_dir else None
-    async with open_destination(args, sandbox_dir=sandbox_dir) as dest:
+    config, files = engine_config(args), [(e.path, e.size) for es in units.values() for e in es]
+    async with (
+        open_fanout(args, config, files, view) as sender,
+        open_destination(args, sandbox_dir=sandbox_dir) as dest,
+    ):
+        trace = [http_trace(lambda m: view.print(m, "DEBUG"))] if rank(view.level) > 2 else []
         uploader = Uploader(
-            engine_config(args), on_event=view, journal=journal, on_change=args.on_change
+            config,
+            on_event=view,
+            journal=journal,
+            on_change=args.on_change,
+            trace_configs=trace,
+            sender=sender,
         )
         async with uploader as up:
             async with anyio.create_task_group() as tg:
@@ -151,6 +189,7 @@ async def _run_units(
                         await _run_unit(up, dest, view, entries)
 
                 tg.start_soon(_on_signals, up, view, args.grace, tg)
+                tg.start_soon(drain_when_lost, sender, up, view)
                 async with anyio.create_task_group() as work:
                     for entries in units.values():
                         work.start_soon(one, entries)
@@ -184,6 +223,8 @@ async def _run_unit(up: Uploader, dest: Destination, view: ProgressView, es: lis
     try:
         if es[0].platform == "matterport":
             await _import_session(up, dest, es, started)
+        elif es[0].platform == "s3":
+            await _s3_object(up, dest, es[0], started)
         else:
             await _speckle_file(up, dest, es[0], started)
     except InterruptedUpload as exc:
@@ -193,6 +234,7 @@ async def _run_unit(up: Uploader, dest: Destination, view: ProgressView, es: lis
         for e in es:
             if e.status == "pending":
                 e.status, e.reason = "failed", str(exc).splitlines()[0]
+                e.code = exit_code_of(exc)
                 if len(es) > 1:  # the engine reported one file; the rest of the group fails too
                     view(FileFailed(e.path, exc))
     except anyio.get_cancelled_exc_class():
@@ -227,6 +269,14 @@ async def _speckle_file(up: Uploader, dest: Destination, e: Entry, started: floa
     _done(e, sp.upload, time.monotonic() - started)
 
 
+async def _s3_object(up: Uploader, dest: Destination, e: Entry, started: float) -> None:
+    """An S3 unit: one file, the object PREFIX + its path relative to DIR."""
+    assert dest.s3 is not None
+    r = await up.upload(e.path, dest.s3.target(e.path, e.rel))
+    e.ids.update({"bucket": dest.s3.bucket, **remote_fields(r)})
+    _done(e, r, time.monotonic() - started)
+
+
 def _done(e: Entry, r: UploadResult | None, seconds: float) -> None:
     e.status = "ok"
     e.seconds = r.seconds if r is not None and r.seconds > 0 else seconds
@@ -240,46 +290,62 @@ def _done(e: Entry, r: UploadResult | None, seconds: float) -> None:
 def _print_summary(
     args: argparse.Namespace, entries: list[Entry], summary: dict[str, Any], seconds: float
 ) -> None:
-    console = Console(file=sys.stderr if args.json else sys.stdout, highlight=False)
+    """The files not uploaded and the totals: on stdout, or on stderr with ``--json``."""
+    out = sys.stderr if args.json else sys.stdout
     problems = [e for e in entries if e.status in ("failed", "interrupted", "skipped")]
     if problems and not args.json:
-        t = Table(title="not uploaded", title_justify="left", show_edge=False)
-        for col in ("file", "status", "reason"):
-            t.add_column(col, overflow="fold")
-        for e in problems:
-            t.add_row(e.rel, e.status, redact(e.reason))
-        console.print(t)
-    t = Table(show_edge=False)
-    for col in ("ok", "skipped", "failed", "interrupted", "bytes", "wall time", "throughput"):
-        t.add_column(col, justify="right")
-    t.add_row(
+        rows = [(e.rel, e.status, e.reason) for e in problems]
+        print_table(("file", "status", "reason"), rows, stream=out, title="not uploaded")
+    headers = ("ok", "skipped", "failed", "interrupted", "bytes", "sent", "wall time", "rate")
+    row = (
         *(str(summary[k]) for k in ("ok", "skipped", "failed", "interrupted")),
         human_bytes(summary["bytes"]),
+        human_bytes(summary["bytes_sent"]),
         f"{seconds:.2f} s",
         human_rate(summary["throughput"]),
     )
-    console.print(t)
+    print_table(headers, [row], stream=out, right=range(len(headers)))
 
 
 def _dry_run(args: argparse.Namespace, entries: list[Entry], units: Units) -> Outcome:
-    console = Console(highlight=False)
-    t = Table(title=f"plan: upload to {args.to} (nothing sent)", title_justify="left")
-    for col in ("file", "platform", "group", "size", "parts"):
-        t.add_column(col, overflow="fold")
+    """The plan, for people (on stderr with ``--json``, whose Result record holds it)."""
+    out = sys.stderr if args.json else sys.stdout
     engine_config(args)  # the engine options are checked as a real run would
-    for es in units.values():
-        for e in es:
-            # Speckle takes one PUT; Matterport decides part limits per file when asked.
-            parts = "1" if e.platform == "speckle" else "server decides"
-            t.add_row(e.rel, str(e.platform), e.group.split(":", 1)[1], human_bytes(e.size), parts)
-    console.print(t)
+    rows = [
+        (e.rel, str(e.platform), e.group.split(":", 1)[1], human_bytes(e.size), _parts(args, e))
+        for es in units.values()
+        for e in es
+    ]
+    print_table(
+        ("file", "platform", "group", "size", "parts"),
+        rows,
+        stream=out,
+        title=f"plan: upload to {args.to} (nothing sent)",
+    )
+    notes = []
     for e in entries:
         if e.status in ("skipped", "failed"):
-            console.print(f"{e.status}: {e.rel}: {e.reason}", markup=False)
+            notes.append(f"{e.status}: {e.rel}: {e.reason}")
         elif e.changed:
             then = "restarted" if args.on_change == "restart" else "refused (--on-change refuse)"
-            console.print(f"changed since the last run: {e.rel}: {then}", markup=False)
+            notes.append(f"changed since the last run: {e.rel}: {then}")
+    if notes:
+        out.write("\n".join(escape(redact(n)) for n in notes) + "\n")
     total = sum(e.size for es in units.values() for e in es)
     files = sum(len(es) for es in units.values())
-    line = f"{files} file(s) in {len(units)} upload(s), {human_bytes(total)}; nothing sent"
+    line = (
+        f"{plural(files, 'file')} in {plural(len(units), 'upload')}, {human_bytes(total)}; "
+        "nothing sent"
+    )
     return Outcome(line, {"plan": [e.record() for e in entries], "bytes": total})
+
+
+def _parts(args: argparse.Namespace, e: Entry) -> str:
+    """How many parts a file will take: Speckle one PUT, S3 by its limits; Matterport decides
+    its limits per file when asked."""
+    if e.platform == "speckle":
+        return "1"
+    if e.platform == "s3":
+        single = e.size <= args.part_size
+        return "1" if single else str(len(plan_parts(e.size, part_size=args.part_size)))
+    return "server decides"

@@ -7,11 +7,11 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.config import MiB, UploadConfig
 from engine.errors import ConfigError
-from engine.providers.s3 import parse_s3_url
+from engine.providers.speckle import API_CHOICES
 
 if TYPE_CHECKING:
     from engine.cli.progress import Mode
@@ -23,13 +23,17 @@ __all__ = [
     "Kind",
     "add_destination_options",
     "add_engine_options",
+    "bandwidth",
     "check_destination",
     "destination_kind",
     "engine_config",
     "positive",
+    "seconds",
     "size",
+    "split_s3",
     "state_dir_default",
     "view_mode",
+    "view_options",
 ]
 
 DESTINATIONS = (
@@ -64,6 +68,12 @@ def size(text: str) -> int:
     return value
 
 
+def bandwidth(text: str) -> float:
+    """``--bwlimit``: ``10MiB/s``, ``10M``, ``500K`` -> bytes per second (binary units, as
+    rclone reads them; a plain number is bytes per second)."""
+    return float(size(text.strip().removesuffix("/s").removesuffix("/S")))
+
+
 def positive(text: str) -> int:
     try:
         value = int(text)
@@ -71,6 +81,17 @@ def positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A positive number of seconds (``--processing-timeout``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
 
 
@@ -84,8 +105,9 @@ def state_dir_default() -> Path:
 
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--concurrency", type=positive, default=8, help="PUTs in flight (default 8)")
-    g.add_argument("--part-size", type=size, default=64 * MiB, help="preferred (default 64MiB)")
+    # default None: the config file and UPLOAD_ENGINE_* fill these (engine.cli.settings)
+    g.add_argument("--concurrency", type=positive, default=None, help="PUTs in flight (default 8)")
+    g.add_argument("--part-size", type=size, default=None, help="preferred (default 64MiB)")
     g.add_argument("--chunk-size", type=size, default=1 * MiB, help=argparse.SUPPRESS)
     g.add_argument("--max-attempts", type=positive, default=8, help="per part (default 8)")
     g.add_argument("--stall-timeout", type=float, default=30.0, help="seconds (default 30)")
@@ -93,9 +115,21 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--insecure", action="store_true", help="do not verify TLS certificates (prints a warning)"
     )
-    g.add_argument("--json", action="store_true", help="NDJSON events and a JSON result on stdout")
     g.add_argument(
-        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help=argparse.SUPPRESS
+        "--json", action="store_true", help="JSON lines on stdout, ending with one Result record"
+    )
+    g.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="event loop (uvloop needs: pip install 'upload-engine[uvloop]')",
+    )
+    g.add_argument("--progress-interval", type=float, default=10.0, help=argparse.SUPPRESS)
+    g.add_argument(
+        "--bwlimit",
+        type=bandwidth,
+        metavar="RATE",
+        help="send at most RATE per process, e.g. 10MiB/s (each cluster worker: its own cap)",
     )
 
 
@@ -106,6 +140,7 @@ def engine_config(args: argparse.Namespace) -> UploadConfig:
         **{name: getattr(args, name) for name in same},
         verify_etag=not args.no_verify_etag,
         verify_tls=not args.insecure,
+        bwlimit=getattr(args, "bwlimit", None),
     )
 
 
@@ -113,6 +148,16 @@ def view_mode(args: argparse.Namespace) -> Mode:
     if args.json:
         return "json"
     return "tty" if sys.stderr.isatty() else "log"
+
+
+def view_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ProgressView`` keywords a command's flags decide (level, ``--part-size``, the
+    interval of progress lines in logs)."""
+    return {
+        "level": getattr(args, "level", "NOTICE"),
+        "part_size": getattr(args, "part_size", None),
+        "interval": getattr(args, "progress_interval", 10.0),
+    }
 
 
 # ---- destinations ----------------------------------------------------------------------------
@@ -125,11 +170,19 @@ def add_destination_options(p: argparse.ArgumentParser, *, tree: bool) -> None:
         p.add_argument(
             "--to",
             required=True,
-            choices=TREE_DESTINATIONS,
-            help="sandbox: an in-process sandbox of both platforms",
+            metavar="DEST",
+            help="matterport | speckle | sandbox (an in-process sandbox of both platforms) | "
+            "s3://BUCKET/PREFIX/ (keys mirror the paths under DIR)",
         )
     else:
         p.add_argument("--to", required=True, metavar="DEST", help=DESTINATIONS)
+    p.add_argument(
+        "--processing-timeout",
+        type=seconds,
+        default=1800.0,
+        metavar="SECONDS",
+        help="how long to wait for the platform to process each file (default 1800)",
+    )
     mp = p.add_argument_group("matterport")
     mp.add_argument("--organization", help="Matterport organization id")
     if not tree:
@@ -142,13 +195,20 @@ def add_destination_options(p: argparse.ArgumentParser, *, tree: bool) -> None:
     if not tree:
         sp.add_argument("--model-id", help="existing model id")
     sp.add_argument("--server", help="Speckle server URL")
-    if tree:
-        p.add_argument("--sandbox-faults", default="", metavar="SPEC", help=argparse.SUPPRESS)
-        return
+    sp.add_argument(
+        "--speckle-api",
+        choices=API_CHOICES,
+        default="auto",
+        help="auto (ask the server) | v3 (startFileIngestion) | v2 (startFileImport) | "
+        "rest (the legacy multipart upload)",
+    )
     s3 = p.add_argument_group("s3")
     s3.add_argument("--endpoint-url", help="S3-compatible endpoint (path-style addressing)")
     s3.add_argument("--region", help="AWS region")
     s3.add_argument("--profile", help="AWS profile")
+    if tree:
+        p.add_argument("--sandbox-faults", default="", metavar="SPEC", help=argparse.SUPPRESS)
+        return
     sb = p.add_argument_group("sandbox (in-process, for --to sandbox*)")
     sb.add_argument(
         "--sandbox-faults", default="", metavar="SPEC", help='e.g. "503=0.05,reset=0.02"'
@@ -166,6 +226,15 @@ def destination_kind(to: str) -> Kind:
         raise ConfigError(f"unknown destination {to!r}; use one of: {DESTINATIONS}") from None
 
 
+def split_s3(to: str) -> tuple[str, str]:
+    """``s3://BUCKET/KEY`` -> ``(BUCKET, KEY)``; the key may be a prefix ending in ``/`` or
+    empty (``s3://BUCKET/``: the bucket's top)."""
+    bucket, _, key = to.removeprefix("s3://").partition("/")
+    if not to.startswith("s3://") or not bucket:
+        raise ConfigError(f"an S3 destination reads s3://BUCKET/KEY or s3://BUCKET/PREFIX/: {to!r}")
+    return bucket, key
+
+
 def check_destination(args: argparse.Namespace, *, files: int = 1) -> None:
     """The destination flags fit ``--to`` (and ``files`` files): else a usage error, before
     anything is read or sent."""
@@ -177,6 +246,6 @@ def check_destination(args: argparse.Namespace, *, files: int = 1) -> None:
     if args.to == "speckle" and not args.project:
         raise ConfigError("--project is required for --to speckle")
     if kind == "s3":
-        _, key = parse_s3_url(args.to)
+        _, key = split_s3(args.to)
         if files > 1 and key and not key.endswith("/"):
             raise ConfigError("several files need a key prefix ending in '/' (s3://BUCKET/prefix/)")

@@ -1,13 +1,20 @@
 """``upload-engine upload FILE... --to DEST``: files to one destination (resumable, except into
-a fresh in-process sandbox)."""
+a fresh in-process sandbox).
+
+Matterport takes every file into one import session; every other destination takes the files
+one by one, ``--files-at-once`` of them at a time, all under the one ``--concurrency`` budget
+(S3: with one botocore client for all). A file that fails does not stop the others; the exit
+code is the table's (``engine.cli.output``). A directory is refused: ``import`` takes those.
+"""
 
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from engine.cli.destinations import Destination, open_destination, sandbox_target
 from engine.cli.options import (
@@ -19,19 +26,33 @@ from engine.cli.options import (
     check_destination,
     destination_kind,
     engine_config,
+    positive,
     state_dir_default,
     view_mode,
+    view_options,
 )
-from engine.cli.output import Outcome, rate, remote_fields, summary_line
+from engine.cli.output import (
+    EXIT_OK,
+    Outcome,
+    escape,
+    exit_code_of,
+    one_line,
+    plural,
+    remote_fields,
+    summary_line,
+    worst,
+)
 from engine.cli.progress import progress_for
+from engine.cli.verbosity import http_trace, rank
 from engine.client import Uploader
+from engine.errors import ConfigError, UploadError
 from engine.models import FileInfo
 
 __all__ = ["register", "run_upload"]
 
-#: what a destination's sender returns: the summary's subject, the bytes sent, and the
-#: destination's own fields of the JSON record
-Sent = tuple[str, int, dict[str, Any]]
+#: what a destination's sender returns: the summary's subject, the bytes sent, the
+#: destination's own fields of the JSON record, and the exit code
+Sent = tuple[str, int, dict[str, Any], int]
 Record = dict[str, Any]  # one file's part of the JSON record
 FileSender = Callable[[Uploader, Destination, argparse.Namespace, FileInfo], Awaitable[Record]]
 
@@ -50,30 +71,51 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
         default=None,
         help="resume journal (default ~/.local/state/upload-engine)",
     )
+    up.add_argument(
+        "--files-at-once", type=positive, default=None, metavar="N",
+        help="files in flight (default 4; not Matterport, whose files share a session)",
+    )  # fmt: skip
     add_engine_options(up)
     up.set_defaults(runner=run_upload)
 
 
+def _infos(args: argparse.Namespace) -> list[FileInfo]:
+    """The files, checked before anything is sent; a directory names the command for it."""
+    for name in args.files:
+        if Path(name).is_dir():
+            raise ConfigError(
+                f"{escape(name)}: is a directory; to upload a directory use "
+                f"upload-engine import {escape(name)} --to {args.to}"
+            )
+    return [FileInfo.of(p) for p in args.files]
+
+
 async def run_upload(args: argparse.Namespace) -> Outcome:
-    infos = [FileInfo.of(p) for p in args.files]
+    infos = _infos(args)
     check_destination(args, files=len(infos))
     send = _to_matterport if destination_kind(args.to) == "matterport" else _send_files
-    started = time.monotonic()
-    with progress_for(view_mode(args), files=len(infos), total=sum(i.size for i in infos)) as view:
+    total = sum(i.size for i in infos)
+    kw = view_options(args)
+    with progress_for(
+        view_mode(args), files=len(infos), total=total, quiet_failures=len(infos) == 1, **kw
+    ) as view:
         async with open_destination(args, sandbox_dir=args.sandbox_dir) as dest:
             state_dir: Path = args.state_dir or state_dir_default()
             journal = state_dir / JOURNAL if dest.resumable else None
-            async with Uploader(engine_config(args), on_event=view, journal=journal) as up:
-                subject, size, fields = await send(up, dest, args, infos)
-    seconds = time.monotonic() - started
+            trace = [http_trace(lambda m: view.print(m, "DEBUG"))] if rank(view.level) > 2 else []
+            async with Uploader(
+                engine_config(args), on_event=view, journal=journal, trace_configs=trace
+            ) as up:
+                subject, size, fields, code = await send(up, dest, args, infos)
     record = {
         "destination": "s3" if args.to.startswith("s3://") else args.to,
         **fields,
         "bytes": size,
-        "seconds": round(seconds, 3),
-        "throughput": rate(size, seconds),
+        "bytes_sent": view.sent,
+        "seconds": round(view.seconds, 3),
+        "throughput": round(view.rate),
     }
-    return Outcome(summary_line(subject, size, seconds), record)
+    return Outcome(summary_line(subject, size, view.seconds, view.sent), record, code=code)
 
 
 async def _to_matterport(
@@ -97,27 +139,63 @@ async def _to_matterport(
             "files": [str(f.path) for f in result.files],
             "retries": sum(f.retries for f in result.files),
         },
+        EXIT_OK,
     )
 
 
 async def _send_files(
     up: Uploader, dest: Destination, args: argparse.Namespace, infos: list[FileInfo]
 ) -> Sent:
-    """The files one by one (Speckle, S3, the sandbox's blob store), a record each."""
+    """The files, ``--files-at-once`` at a time (Speckle, S3, the sandbox's blob store), a
+    record each. One file's failure is raised as it is; of several, each is reported and the
+    others go on."""
     kind = destination_kind(args.to)
-    records = [await FILE_SENDERS[kind](up, dest, args, info) for info in infos]
-    if kind == "speckle":
-        last = records[-1]
-        subject = (
+    send = FILE_SENDERS[kind]
+    records: list[Record | None] = [None] * len(infos)
+    errors: dict[int, UploadError] = {}
+    gate = anyio.Semaphore(args.files_at_once or 4)
+
+    async def one(i: int, info: FileInfo) -> None:
+        async with gate:
+            try:
+                records[i] = await send(up, dest, args, info)
+            except UploadError as exc:
+                errors[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, info in enumerate(infos):
+            tg.start_soon(one, i, info)
+    if len(infos) == 1 and errors:
+        raise errors[0]
+    for i, exc in errors.items():
+        records[i] = {"path": str(infos[i].path), "status": "failed", "error": one_line(exc)}
+    done = [r for r in records if r is not None and r["status"] != "failed"]
+    return (
+        _subject(kind, dest, args, done, len(errors)),
+        sum(i.size for i in infos),
+        {"files": records},
+        worst(exit_code_of(e) for e in errors.values()),
+    )
+
+
+def _subject(
+    kind: Kind, dest: Destination, args: argparse.Namespace, done: list[Record], bad: int
+) -> str:
+    ok = len(done)
+    last = done[-1] if done else None
+    failed = f" ({bad} failed)" if bad else ""
+    if kind == "speckle" and ok == 1 and not bad and last is not None:
+        return (
             f"speckle project {last['project_id']} model {last['model_id']} "
             f"version {last['version_id']}"
         )
-    elif dest.s3 is not None:
-        subject = f"uploaded {len(infos)} file(s) to s3://{dest.s3.bucket}/{dest.s3.key}"
+    if kind == "speckle":
+        return f"speckle project {dest.project}: {plural(ok, 'new version')}{failed}"
+    if dest.s3 is not None:
+        where = f"s3://{dest.s3.bucket}/{dest.s3.key}"
     else:
         where = args.sandbox_dir or "a temporary sandbox (removed on exit)"
-        subject = f"uploaded {len(infos)} file(s) to {where}"
-    return subject, sum(i.size for i in infos), {"files": records}
+    return f"uploaded {plural(ok, 'file')} to {where}{failed}"
 
 
 async def _speckle_file(
@@ -131,6 +209,7 @@ async def _speckle_file(
     ids = remote_fields(r)
     return {
         "path": str(info.path),
+        "status": "ok",
         **{name: ids[name] for name in ("project_id", "model_id", "version_id")},
         "bytes": info.size,
         "seconds": round(r.seconds, 3),
@@ -144,7 +223,14 @@ async def _s3_file(
     assert place is not None
     r = await up.upload(info.path, place.target(info.path))
     key = place.key_for(info.path)
-    return {"path": str(info.path), "bucket": place.bucket, "key": key, **remote_fields(r)}
+    status = "skipped" if r.skipped is not None else "ok"
+    return {
+        "path": str(info.path),
+        "status": status,
+        "bucket": place.bucket,
+        "key": key,
+        **remote_fields(r),
+    }
 
 
 async def _sandbox_file(
@@ -153,7 +239,13 @@ async def _sandbox_file(
     """A plain multipart upload into the sandbox's blob store."""
     assert dest.sandbox is not None
     r = await up.upload(info.path, sandbox_target(dest.sandbox, info))
-    return {"path": str(r.path), "bytes": r.size, "parts": len(r.parts), **remote_fields(r)}
+    return {
+        "path": str(r.path),
+        "status": "ok",
+        "bytes": r.size,
+        "parts": len(r.parts),
+        **remote_fields(r),
+    }
 
 
 FILE_SENDERS: dict[Kind, FileSender] = {

@@ -34,6 +34,7 @@ from engine.journal.facts import (
     MultipartStarted,
     PartLimitsKnown,
     SessionOpened,
+    SpeckleApiChosen,
     UploadStarted,
     UploadVoided,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "MultipartStarted",
     "PartLimitsKnown",
     "SessionOpened",
+    "SpeckleApiChosen",
     "UploadStarted",
     "UploadVoided",
     "encode",

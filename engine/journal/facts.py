@@ -22,6 +22,7 @@ __all__ = [
     "MultipartStarted",
     "PartLimitsKnown",
     "SessionOpened",
+    "SpeckleApiChosen",
     "UploadStarted",
     "UploadVoided",
 ]
@@ -120,6 +121,15 @@ class ModelChosen(Fact):
 
     tag: ClassVar[str] = "speckle.model"
     model_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpeckleApiChosen(Fact):
+    """Speckle: the API (``v3``, ``v2``, ``rest``) that is about to be asked to ingest the file;
+    a rerun asks the same one about it (no record: ``v3``, the only one before)."""
+
+    tag: ClassVar[str] = "speckle.api"
+    api: str
 
 
 @dataclass(frozen=True, slots=True)

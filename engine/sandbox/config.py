@@ -7,7 +7,11 @@ Rules this module keeps:
   :meth:`~engine.sandbox.s3store.S3Location.parse` accepts; a refusal is a ``ValueError``
   saying why.
 * **Fault injection applies to the sandbox's own blob store only**: a ``storage_url`` together
-  with an active :class:`~engine.sandbox.faults.FaultPlan` (faults or latency) is refused.
+  with an active :class:`~engine.sandbox.faults.FaultPlan` (faults or latency) is refused; so is
+  a ``storage_mode`` other than ``s3`` (the modes are the own store's, see
+  :mod:`engine.sandbox.blobstore.modes`), which must be one of ``s3``, ``kms``, ``sse-c``,
+  ``azure``. ``max_object_size`` (the largest single PUT; ``None``: the mode's, 5 GiB for S3,
+  5000 MiB for Azure's Put Blob) must be positive.
 * The presigning secret is random per process unless given, and never shown in ``repr``.
 * Importing this module is cheap: it imports neither the server nor a control plane (the S3
   storage module only when a ``storage_url`` is checked).
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from engine.sandbox.blobstore import MiB
+from engine.sandbox.blobstore.modes import MODES
 from engine.sandbox.faults import FaultPlan
 
 __all__ = ["SandboxConfig"]
@@ -38,6 +43,8 @@ class SandboxConfig:
     ``storage_url``: keep blobs in S3-compatible storage instead (``s3://BUCKET[/PREFIX]?
     endpoint_url=...``, see :mod:`engine.sandbox.s3store`); ``data_dir`` then holds validation
     copies, and ``faults`` must be empty: fault injection does not apply to external storage.
+    ``storage_mode``: which real store the own blob store answers as (``s3``, ``kms``, ``sse-c``,
+    ``azure``); ``max_object_size``: its largest single PUT (``None``: the mode's).
     """
 
     data_dir: Path | None = None
@@ -51,6 +58,8 @@ class SandboxConfig:
     matterport: Any = None
     speckle: Any = None
     storage_url: str | None = None
+    storage_mode: str = "s3"
+    max_object_size: int | None = None
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -59,10 +68,21 @@ class SandboxConfig:
             raise ValueError("secret must not be empty")
         if not (0 <= self.min_part_size <= self.max_part_size):
             raise ValueError("need 0 <= min_part_size <= max_part_size")
+        if self.storage_mode not in MODES:
+            raise ValueError(
+                f"storage_mode must be one of {', '.join(MODES)}, not {self.storage_mode!r}"
+            )
+        if self.max_object_size is not None and self.max_object_size <= 0:
+            raise ValueError(f"max_object_size must be positive, got {self.max_object_size}")
         if self.storage_url is not None:
             from engine.sandbox.s3store import S3Location
 
             S3Location.parse(self.storage_url)  # raises ValueError with the reason
+            if self.storage_mode != "s3":
+                raise ValueError(
+                    "storage modes are the sandbox's own blob store's, not external storage's "
+                    "(storage_url)"
+                )
             if self.faults.active:
                 raise ValueError(
                     "fault injection applies to the sandbox's own blob store only, not to "

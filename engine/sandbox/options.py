@@ -6,15 +6,17 @@ Rules this module keeps:
 * **One set of options, one meaning.** Both entry points offer exactly these, with these names
   and defaults: ``--host`` (``127.0.0.1``), ``--port`` (8700; 0 picks an ephemeral port),
   ``--data-dir`` (default: a temporary directory, removed on exit), ``--discard``, ``--storage
-  S3_URL`` (default: the sandbox's own blob store), ``--faults SPEC`` (none), ``--seed`` (0),
-  ``--latency`` (0 seconds per blob request) and ``--min-part-size`` (5 MiB).
+  S3_URL`` (default: the sandbox's own blob store), ``--storage-mode`` (``s3``; also ``kms``,
+  ``sse-c``, ``azure``: which real store the own blob store answers as), ``--faults SPEC`` (none),
+  ``--seed`` (0), ``--latency`` (0 seconds per blob request) and ``--min-part-size`` (5 MiB).
 * ``--min-part-size`` takes ``64MiB``, ``8M``, ``1GiB`` or plain bytes (``1048576``), more than
   0; it is the smallest part (but the last) that both the blob store and the Matterport plane
   accept, so the two never disagree.
 * **Checks, in this order**, each refusal one ``ValueError`` line naming the option: ``--storage``
-  must be a usable ``s3://`` URL; ``--faults`` do not go with ``--storage`` (they apply to the
-  sandbox's own blob store); the fault spec must parse; then :class:`SandboxConfig`'s own checks
-  (e.g. ``--latency`` with ``--storage``). Callers turn the ``ValueError`` into their usage error.
+  must be a usable ``s3://`` URL; ``--faults`` and ``--storage-mode`` do not go with ``--storage``
+  (they apply to the sandbox's own blob store); the fault spec must parse; then
+  :class:`SandboxConfig`'s own checks (e.g. ``--latency`` with ``--storage``). Callers turn the
+  ``ValueError`` into their usage error.
 * Importing this module is cheap: no server, no control plane, no botocore (the Matterport
   config and the S3 URL parser are imported when a config is made).
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from engine.sandbox.blobstore import GiB, KiB, MiB
+from engine.sandbox.blobstore.modes import MODES
 from engine.sandbox.config import SandboxConfig
 from engine.sandbox.faults import FaultPlan
 
@@ -71,6 +74,14 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         "[&public_endpoint_url=URL][&region=R]; credentials from AWS_ACCESS_KEY_ID/"
         "AWS_SECRET_ACCESS_KEY; --faults do not apply to it",
     )
+    parser.add_argument(
+        "--storage-mode",
+        choices=MODES,
+        default="s3",
+        help="answer as plain S3 (default), an SSE-KMS bucket (kms: ETags are not MD5s), SSE-C "
+        "uploads (sse-c: parts need the customer key), or Azure Blob Storage's Put Blob behind "
+        "a SAS (azure)",
+    )
     parser.add_argument("--faults", default="", help='e.g. "503=0.05,reset=0.02,throttle=0.05"')
     parser.add_argument("--seed", type=int, default=0, help="fault seed")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per blob request")
@@ -97,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         data_dir=args.data_dir,
         discard=args.discard,
         storage_url=storage,
+        storage_mode=args.storage_mode,
         faults=faults,
         min_part_size=args.min_part_size,
         matterport=matterport.MatterportSandboxConfig(min_part_size=args.min_part_size),
@@ -116,6 +128,8 @@ def _storage_url(args: argparse.Namespace) -> str | None:
         raise ValueError(f"--storage: {exc}") from None
     if args.faults:
         raise ValueError("--faults apply to the sandbox's own blob store, not to --storage")
+    if args.storage_mode != "s3":
+        raise ValueError("--storage-mode applies to the sandbox's own blob store, not to --storage")
     return url
 
 

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Protocol, runtime_checkable
@@ -113,6 +113,8 @@ class Sandbox:
                     faults=config.faults,
                     min_part_size=config.min_part_size,
                     max_part_size=config.max_part_size,
+                    max_object_size=config.max_object_size,
+                    mode=config.storage_mode,
                 )
             self._app = self._build_app(self._store)
             runner = web.AppRunner(
@@ -180,9 +182,10 @@ class Sandbox:
         from engine.sandbox.matterport import MatterportPlane
         from engine.sandbox.speckle import SpecklePlane
 
+        matterport, speckle = _hand_out_store_headers(self.config, store)
         return [
-            MatterportPlane(self.config.matterport, store),  # POST /api/import/graph
-            SpecklePlane(self.config.speckle, store),  # POST /graphql
+            MatterportPlane(matterport, store),  # POST /api/import/graph
+            SpecklePlane(speckle, store),  # POST /graphql
         ]
 
     def stats(self) -> dict[str, Any]:
@@ -213,6 +216,27 @@ class Sandbox:
         return json_response(asdict(stored), non_str_keys=True)
 
 
+def _hand_out_store_headers(config: SandboxConfig, store: BlobStore) -> tuple[Any, Any]:
+    """The planes' configs, each handing its clients the headers the store's mode requires on
+    every PUT, unless the config names its own: ``azure``: ``x-ms-blob-type: BlockBlob`` in
+    Speckle's ``additionalRequestHeaders``; ``sse-c``: the customer key in Matterport's part
+    ``headers`` (Speckle's one PUT may go without a key, as S3's PutObject may)."""
+    from engine.sandbox.matterport import MatterportSandboxConfig
+    from engine.sandbox.speckle import SpeckleSandboxConfig
+
+    matterport, speckle = config.matterport, config.speckle
+    required = store.required_put_headers
+    if store.mode.name == "azure":
+        speckle = speckle if speckle is not None else SpeckleSandboxConfig()
+        if speckle.additional_header is None:
+            speckle = replace(speckle, additional_header=("x-ms-blob-type", "BlockBlob"))
+    elif store.mode.name == "sse-c":
+        matterport = matterport if matterport is not None else MatterportSandboxConfig()
+        if not matterport.part_headers:
+            matterport = replace(matterport, part_headers=tuple(required.items()))
+    return matterport, speckle
+
+
 async def _open_s3_store(url: str, cache_dir: Path | None, discard: bool) -> BlobStore:
     from engine.sandbox.s3store import S3BlobStore, S3Location
 
@@ -240,6 +264,8 @@ async def serve(config: SandboxConfig) -> None:
         where = "discarding bytes" if config.discard else f"data in {sandbox.store.data_dir}"
         if config.storage_url is not None:
             where = f"blobs in {getattr(sandbox.store, 'location', config.storage_url)}"
+        if config.storage_mode != "s3":
+            where += f", answering as {config.storage_mode}"
         print(f"sandbox listening on {sandbox.url} ({where})", flush=True)
         await _wait_for_sigterm()
 

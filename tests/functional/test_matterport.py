@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import orjson
 import pytest
@@ -42,7 +43,11 @@ from engine import (
     Uploader,
 )
 from engine.clock import FakeClock
+from engine.errors import TooLargeError
 from engine.graphql import GraphQLFailure
+from engine.journal import Journal, matterport_file_key
+from engine.models import MAX_PUT_SIZE, FileInfo, PartResult, PartSpec
+from engine.plan import plan_parts
 from engine.providers.matterport import (
     ADD_E57_OBJECT,
     ADD_IMPORT_SESSION,
@@ -54,6 +59,7 @@ from engine.providers.matterport import (
     MatterportResult,
     classify,
 )
+from engine.providers.matterport.target import match_held, read_limits
 from engine.sandbox.e57 import write_sample_e57
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.matterport import MatterportPlane, MatterportSandboxConfig
@@ -399,7 +405,9 @@ async def test_a_cancelled_import_resumes_the_same_session_sending_only_missing_
         assert (again.session_id, again.model_id) == (result.session_id, result.model_id)
         assert again.files[0].remote == result.files[0].remote  # typed, from the journal
         assert sb.store.stats()["requests"] == 0
-        assert mp.call_log[calls_before:] == ["importSession"]
+        # the session resumed, then the file confirmed by the server: no mutation at all
+        assert mp.call_log[calls_before:] == ["importSession", "importSession"]
+        assert again.skipped is not None and again.skipped.reason == "already uploaded"
 
     text = journal.read_text()
     assert session.id in text
@@ -675,3 +683,131 @@ def test_credentials_from_the_environment_and_never_shown() -> None:
         MatterportCredentials.from_env({"MATTERPORT_TOKEN_ID": "id"})
     assert "set MATTERPORT_TOKEN_ID and MATTERPORT_TOKEN_SECRET" in str(err.value)
     assert "MATTERPORT_TOKEN_SECRET unset" in str(err.value)
+
+
+# ---- as the guide documents it -------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def wire() -> AsyncIterator[tuple[aiohttp.ClientSession, list[dict[str, Any]]]]:
+    """A client session that keeps the JSON body of every GraphQL request it sends, as sent."""
+    sent: list[dict[str, Any]] = []
+
+    async def on_chunk(
+        _: aiohttp.ClientSession, __: Any, params: aiohttp.TraceRequestChunkSentParams
+    ) -> None:
+        if params.method == "POST":
+            sent.append(orjson.loads(params.chunk))
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_chunk_sent.append(on_chunk)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        yield session, sent
+
+
+def sent_ops(sent: list[dict[str, Any]], op: str) -> list[dict[str, Any]]:
+    """The variables of every request whose document is ``op``."""
+    return [r.get("variables") or {} for r in sent if f"{op}(" in str(r.get("query"))]
+
+
+async def test_complete_upload_sends_each_etag_bare_as_the_guides_example(tmp_path: Path) -> None:
+    path, md5 = sample(tmp_path, "scan.e57", 700 * KiB, seed=21)  # three parts
+    async with sandbox() as (sb, mp), wire() as (session, sent):
+        up = Uploader(UploadConfig(part_size=PART), session=session, clock=FakeClock())
+        async with up:
+            result = await provider(sb).import_files(up, [path], organization=ORG)
+    assert_arrived(mp, result, [md5])
+    stored = [p.etag for p in result.files[0].parts]
+    assert len(stored) == 3 and all(e.startswith('"') and e.endswith('"') for e in stored)
+    (completed,) = sent_ops(sent, "completeUpload")
+    values = [h["value"] for part in completed["completedParts"] for h in part["headers"]]
+    assert [h["key"] for part in completed["completedParts"] for h in part["headers"]] == [
+        "ETag"
+    ] * 3
+    assert values == [e.strip('"') for e in stored]  # in part order, without the quotes
+
+
+def test_no_part_is_planned_above_5_gib_whatever_max_size_says() -> None:
+    GiB = 1024**3
+    limits = read_limits({"minSize": 5 * MiB, "maxSize": 50 * GiB}, 12 * GiB)
+    assert limits.max_size == MAX_PUT_SIZE and not limits.single
+    plan = plan_parts(12 * GiB, part_size=20 * GiB, limits=limits)
+    assert max(p.size for p in plan) <= MAX_PUT_SIZE and sum(p.size for p in plan) == 12 * GiB
+    # one part, as the server asks, while it fits in one PUT
+    assert read_limits({"minSize": 3 * GiB, "maxSize": 3 * GiB}, 3 * GiB).single
+    with pytest.raises(TooLargeError, match="above the 5368709120 bytes one PUT"):
+        read_limits({"minSize": 6 * GiB, "maxSize": 6 * GiB}, 6 * GiB)
+
+
+async def test_list_import_sessions_is_never_asked_without_its_model_id(tmp_path: Path) -> None:
+    """A commit whose answer is lost, on a server strict about repeats: the client finds out
+    that it took without listing sessions by a null modelId (the guide marks it required)."""
+    path, md5 = sample(tmp_path, "scan.e57", 300 * KiB, seed=22)
+    strict = {"idempotent_retries": False, "fail_after_effect": True}
+    async with (
+        sandbox(fail_operations=("commitImportSession",), **strict) as (sb, mp),
+        wire() as (session, sent),
+    ):
+        up = Uploader(UploadConfig(part_size=PART), session=session, clock=FakeClock())
+        async with up:
+            result = await provider(sb).import_files(up, [path], organization=ORG)
+    assert_arrived(mp, result, [md5])
+    assert mp.stats()["injected_faults"] == {"commitImportSession": 1}
+    assert mp.errors["request.invalid"] == 1  # the repeated commit, refused: reconciled
+    assert len(sent_ops(sent, "commitImportSession")) == 2
+    assert all(v.get("modelId") for v in sent_ops(sent, "listImportSessions"))
+    assert mp.calls["listImportSessions"] == 0
+
+
+@pytest.mark.parametrize("base", [0, 1], ids=["zero-based", "one-based"])
+def test_held_parts_count_only_with_their_journaled_etag(base: int) -> None:
+    plan = [PartSpec(n, (n - 1) * 10, 10) for n in (1, 2, 3, 4)]
+    journal = {n: PartResult(n, f'"{n:032x}"', 10) for n in (1, 2, 3)}  # 4 never journaled
+    held = {
+        0 + base: (f"{1:032x}", 10),  # as journaled (quotes aside)
+        1 + base: ("f" * 32, 10),  # another ETag than the journal's: re-sent
+        2 + base: (f"{3:032x}", 10),
+        3 + base: (f"{4:032x}", 10),  # the journal does not know it: re-sent
+    }
+    got = match_held(plan, held, journal)
+    assert got == {1: journal[1], 3: journal[3]}  # kept as the storage returned them
+    assert match_held(plan, {}, journal) == {}
+
+
+async def test_a_held_part_whose_etag_is_not_the_journaled_one_is_sent_again(
+    tmp_path: Path,
+) -> None:
+    path, md5 = sample(tmp_path, "big.e57", 8 * PART, seed=23)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox(FaultPlan(latency=0.01)) as (sb, mp):
+        mport = provider(sb)
+        with anyio.CancelScope() as scope:
+            done: list[int] = []
+
+            def stop_midway(event: Event) -> None:
+                if isinstance(event, PartDone):
+                    done.append(event.part)
+                    if len(done) == 4:
+                        scope.cancel()
+
+            async with Uploader(
+                UploadConfig(part_size=PART, concurrency=2), on_event=stop_midway, journal=journal
+            ) as up:
+                await mport.import_files(up, [path], organization=ORG)
+        await settle(sb)
+        (session,) = mp.sessions.values()
+        upload_id = session.files["file1"].upload_id
+        assert upload_id is not None
+        held = {p.number for p in sb.store.list_parts(upload_id)}
+        wrong = min(held & set(done))
+        key = matterport_file_key(mport.endpoint, session.id, FileInfo.of(path))
+        j = Journal(journal)  # the journal now disagrees with the server on one part
+        try:
+            j.for_key(key).part_done(PartResult(wrong, '"' + "0" * 32 + '"', PART))
+        finally:
+            j.close()
+        sb.store.reset_stats()
+        async with uploader(journal=journal) as up:
+            result = await mport.import_files(up, [path], organization=ORG)
+    assert_arrived(mp, result, [md5])
+    assert set(puts(sb)) == (set(range(1, 9)) - held) | {wrong}

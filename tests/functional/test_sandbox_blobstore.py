@@ -7,12 +7,14 @@ of the fault plan, discard mode and the stats.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
@@ -132,6 +134,24 @@ async def raw_request(sb: Sandbox, head: str, body: bytes = b"") -> tuple[int, s
 def path_and_query(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.path}?{parts.query}"
+
+
+MATTERPORT_AUTH = "Basic " + base64.b64encode(b"sandbox-token-id:sandbox-token-secret").decode()
+SPECKLE_AUTH = "Bearer sandbox-token"
+
+
+async def graphql(
+    session: aiohttp.ClientSession,
+    url: str,
+    query: str,
+    variables: Mapping[str, Any],
+    authorization: str,
+) -> Any:
+    """POST a GraphQL document to a control plane; its whole JSON answer."""
+    async with session.post(
+        url, json={"query": query, "variables": variables}, headers={"Authorization": authorization}
+    ) as resp:
+        return await resp.json()
 
 
 # ---- parts, overwrite, completion ----------------------------------------------------------------

@@ -33,6 +33,7 @@ def test_defaults() -> None:
         "data_dir": None,
         "discard": False,
         "storage": None,
+        "storage_mode": "s3",
         "faults": "",
         "seed": 0,
         "latency": 0.0,

@@ -9,18 +9,29 @@ Rules:
   commit marks and the model (``ModelReady``); never a token or a URL. A rerun with the same,
   unchanged files continues the same session, asks the server what it holds
   (``importSession``) and sends only what is missing; the server's word wins over the journal;
+- the server is the truth: a journaled session is resumed only when the server holds it for
+  this organization and, once the journal knows its model, with that model; else a new
+  session is opened. A session that had to be (re)created voids whatever the journal held
+  under its id for these files (a second server may hand out an id the journal knows: the
+  sandbox's ids are seeded), and a file the journal says is done counts only once the
+  server holds it as COMPLETED (``MatterportFileTarget.confirm``);
+- ``services.force`` opens a new session (a new model) whatever the journal holds; an import
+  whose files were all confirmed, into a model the server already has, sent nothing and says
+  so (``MatterportResult.skipped``);
 - a changed file starts a new session (or is refused, with ``on_change="refuse"``), and is
   reported once as changed since the last run: its journal under the old session restarts;
 - each file's journal is begun here, once, before the file is sent (the engine's own begin
   then finds it started); its ids in the session are journaled as ``FileAdded``;
 - a mutation that may already have happened (a retry after a lost answer, a crash) is
   reconciled against ``importSession`` rather than failing: a file already added, a session
-  already committed. ``Mark.COMMIT_REQUESTED`` is journaled before ``commitImportSession`` is
-  sent, ``Mark.COMMITTED`` once it took;
+  already committed (its model is set, or a commit refused as a repeat finds every file
+  COMPLETED). ``listImportSessions`` is never asked without the ``modelId`` the guide marks
+  required. ``Mark.COMMIT_REQUESTED`` is journaled before ``commitImportSession`` is sent,
+  ``Mark.COMMITTED`` once it took;
 - the files of a session are sent at once through ``services.transfer`` (the one budget); one
   error per import: the first failed file's (in the order given), noting how many more failed;
-- a graceful stop (``services.stopping``) stops the import before commit, or while it waits
-  for the model, with ``InterruptedUpload``; a rerun continues from the journal;
+- a graceful stop (``services.stopping``) stops the import before commit, or at once while it
+  waits for the model, with ``InterruptedUpload``; a rerun continues from the journal;
 - waiting for the model polls ``importSession`` every ``poll_interval`` seconds, growing by
   half each time up to eight times that, for at most ``model_deadline`` seconds, on the
   services' clock; then a ``ProcessingError`` names the session (a rerun picks it up again).
@@ -44,28 +55,35 @@ from engine.errors import (
     UploadError,
 )
 from engine.events import Phase
-from engine.formats import check_e57
 from engine.graphql import GraphQLClient, need_obj, need_str
 from engine.journal import (
     FileAdded,
     Mark,
     ModelReady,
     SessionOpened,
+    UploadVoided,
     matterport_file_key,
     matterport_session_key,
 )
-from engine.models import FileInfo, UploadResult
+from engine.models import FileInfo, Skipped, UploadResult
 from engine.providers.matterport.documents import (
     ADD_E57_OBJECT,
     ADD_IMPORT_SESSION,
     COMMIT_IMPORT_SESSION,
+    COMPLETED,
     ENDPOINT,
     FILE_TYPE,
-    LIST_IMPORT_SESSIONS,
     PLATFORM,
     PROCESS_TYPE,
 )
 from engine.providers.matterport.errors import REPEAT_REFUSED, MatterportCredentials, classify
+from engine.providers.matterport.files import (
+    changed_files,
+    check_files,
+    fingerprints,
+    free_number,
+    on_server,
+)
 from engine.providers.matterport.target import (
     MatterportFile,
     MatterportFileTarget,
@@ -88,7 +106,9 @@ class MatterportResult:
 
     ``seconds`` is the time of the whole import on the services' clock (checks, uploads,
     waiting for the model); ``bytes`` the total size of the files; ``operations`` the GraphQL
-    operations sent, in order.
+    operations sent, in order. ``skipped`` is set when nothing was sent: every file was
+    confirmed on the server and its model was there already (``since``: when the last of
+    the files finished, by the journal).
     """
 
     session_id: str
@@ -97,73 +117,12 @@ class MatterportResult:
     seconds: float
     bytes: int
     operations: tuple[str, ...] = ()
+    skipped: Skipped | None = None
 
     @property
     def throughput(self) -> float:
         """Bytes per second of the whole import (0 for an instant one)."""
         return self.bytes / self.seconds if self.seconds > 0 else 0.0
-
-
-# ---- decisions (pure) ----------------------------------------------------------------------------
-
-
-def check_files(paths: Sequence[str | os.PathLike[str]]) -> list[FileInfo]:
-    """The files of an import, each checked once: it exists, is listed once, is an E57."""
-    if isinstance(paths, str | os.PathLike):
-        raise ConfigError("paths must be a sequence of paths, not one path")
-    infos = [FileInfo.of(p) for p in paths]
-    if not infos:
-        raise ConfigError("no files to import")
-    seen: set[str] = set()
-    for info in infos:
-        if info.key in seen:
-            raise ConfigError(f"{info.path}: listed twice")
-        seen.add(info.key)
-    for info in infos:
-        check_e57(info.path)
-    return infos
-
-
-def fingerprints(infos: Sequence[FileInfo]) -> dict[str, list[int]]:
-    """What ``SessionOpened`` keeps of the files: path -> [size, mtime_ns, ctime_ns, inode]
-    (the ctime catches a rewrite whose mtime was put back)."""
-    return {
-        i.key: [i.size, i.mtime_ns, i.ctime_ns, i.inode] for i in sorted(infos, key=lambda i: i.key)
-    }
-
-
-def changed_files(
-    journaled: Mapping[str, Any], now: Mapping[str, list[int]], infos: Sequence[FileInfo]
-) -> list[FileInfo]:
-    """The files whose ``fingerprints`` differ from the journaled session's, by path."""
-    return [i for i in sorted(infos, key=lambda i: i.key) if journaled.get(i.key) != now[i.key]]
-
-
-def on_server(
-    position: int,
-    info: FileInfo,
-    added: FileAdded | None,
-    server: Mapping[str, Mapping[str, Any]],
-    claimed: set[str],
-) -> tuple[str, Mapping[str, Any]] | None:
-    """The server's record of the file at 1-based ``position`` and its clientId: the journaled
-    one, else ``file<position>`` when it matches by name and size and no other file claims it
-    (added by a run that died before journaling it); ``None`` when the file must be added."""
-    if added is not None and added.client_id and added.client_id in server:
-        return added.client_id, server[added.client_id]
-    guess = f"file{position}"
-    found = server.get(guess)
-    if found is not None and guess not in claimed and same_file(found, info):
-        return guess, found
-    return None
-
-
-def free_number(position: int, taken: set[str]) -> int:
-    """The first ``n >= position`` whose ``file<n>`` the session does not hold yet."""
-    number = position
-    while f"file{number}" in taken:
-        number += 1
-    return number
 
 
 # ---- one import ----------------------------------------------------------------------------------
@@ -195,7 +154,9 @@ class _Import:
             self.services.emit(Phase(info.path, message))
 
     async def open_session(self, name: str | None, description: str | None) -> None:
-        known = self._journaled_session()
+        if self.services.force:
+            self.emit_all("a new import session, as forced")
+        known = "" if self.services.force else self._journaled_session()
         if known and await self._resume(known):
             return
         op = "addImportSession"
@@ -211,7 +172,16 @@ class _Import:
         session_id = need_str(need_obj(data.get(op), op, PLATFORM).get("id"), op, PLATFORM, "id")
         self.session_id = session_id
         self.journal.record(SessionOpened(session_id=session_id, files=self.fingerprints))
+        self._void_files_below(session_id)
         self.emit_all(f"import session {session_id} created")
+
+    def _void_files_below(self, session_id: str) -> None:
+        """A session just created holds nothing: void what the journal knew under its id."""
+        for info in self.infos:
+            fj = self.services.journal(matterport_file_key(self.endpoint, session_id, info))
+            st = fj.state
+            if st.done is not None or st.parts or st.facts or st.marks:
+                fj.record(UploadVoided())
 
     def _journaled_session(self) -> str:
         """The journaled session to resume, or "" to open a new one (a file changed)."""
@@ -236,11 +206,32 @@ class _Import:
             session = await fetch_session(self.client, session_id)
         except NotFoundError:
             return False  # gone (expired or deleted): start again
+        why = self._not_ours(session)
+        if why:
+            self.emit_all(f"import session {session_id} on this server {why}: starting anew")
+            return False
         self.session_id = session_id
         self.server_files = files_of(session)
         self.model_id = str(session.get("modelId") or "")
         self.emit_all(f"resuming import session {session_id}")
         return True
+
+    def _not_ours(self, session: Mapping[str, Any]) -> str:
+        """Why the server's session of the journaled id is not the one journaled, or ""."""
+        organization = str(session.get("organizationId") or "")
+        if organization and organization != self.organization:
+            return f"belongs to organization {organization}"
+        known = self.journal.state.get(ModelReady)
+        model_id = str(session.get("modelId") or "")
+        if known is not None and model_id != known.model_id:
+            return f"has {f'model {model_id}' if model_id else 'no model'}, not {known.model_id}"
+        return ""
+
+    def skipped(self, uploads: Sequence[UploadResult], model_known: bool) -> Skipped | None:
+        """The import sent nothing: every file confirmed, into a model the server had."""
+        if not model_known or not uploads or any(u.skipped is None for u in uploads):
+            return None
+        return Skipped("already uploaded", max(u.skipped.since for u in uploads if u.skipped))
 
     async def add_files(self) -> None:
         journals = [
@@ -332,18 +323,16 @@ class _Import:
             raise first
         return [r for r in results if r is not None]
 
-    async def _committed(self) -> bool:
-        """Whether the server already took ``commitImportSession`` for this session."""
+    async def _committed(self, refused: bool = False) -> bool:
+        """Whether the server already took ``commitImportSession`` for this session: it has
+        its model, or (after a commit ``refused`` as a repeat) every file of ours is
+        COMPLETED there. ``listImportSessions`` is not asked: it needs the ``modelId``."""
         session = await fetch_session(self.client, self.session_id)
         if session.get("modelId"):
             return True
-        op = "listImportSessions"
-        data = await self.client.execute(LIST_IMPORT_SESSIONS, {"modelId": None})
-        listed = need_obj(data.get(op), op, PLATFORM).get("results") or ()
-        return any(
-            isinstance(s, dict) and s.get("id") == self.session_id and s.get("committed") is True
-            for s in listed
-        )
+        held = files_of(session)
+        mine = [held.get(f.client_id) or {} for f in self.files]
+        return refused and all(r.get("uploadStatus") == COMPLETED for r in mine)
 
     async def commit(self) -> None:
         marks = self.journal.state.marks
@@ -360,19 +349,47 @@ class _Import:
                     COMMIT_IMPORT_SESSION, {"importSessionId": self.session_id}
                 )
             except REPEAT_REFUSED:
-                if not await self._committed():  # a retry after a lost answer?
+                if not await self._committed(refused=True):  # a retry after a lost answer?
                     raise
         self.journal.mark(Mark.COMMITTED)
         self.emit_all(f"import session {self.session_id} committed")
 
     async def wait_model(self, interval: float, deadline: float) -> str:
-        """The session's model id, polled for until ``deadline`` seconds have passed."""
+        """The session's model id, polled for until ``deadline`` seconds have passed or a
+        graceful stop begins (then at once: ``InterruptedUpload``)."""
         if not self.model_id:
             self.emit_all("waiting for the model")
-            self.model_id = await self._poll_model(interval, deadline)
+            self.model_id = await self._poll_until_stopped(interval, deadline)
+        known = self.journal.state.get(ModelReady)
+        if known is None or known.model_id != self.model_id:
             self.journal.record(ModelReady(model_id=self.model_id))
         self.emit_all(f"model {self.model_id} ready")
         return self.model_id
+
+    async def _poll_until_stopped(self, interval: float, deadline: float) -> str:
+        """``_poll_model``, cut short the moment a graceful stop begins."""
+        outcome: list[str | UploadError] = []
+
+        async def stop_watch(scope: anyio.CancelScope) -> None:
+            await self.services.wait_stopping()
+            scope.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_watch, tg.cancel_scope)
+            try:
+                outcome.append(await self._poll_model(interval, deadline))
+            except UploadError as exc:  # raised below, not wrapped in an ExceptionGroup
+                outcome.append(exc)
+            finally:
+                tg.cancel_scope.cancel()
+        if not outcome:
+            raise InterruptedUpload(
+                f"import session {self.session_id}: stopped while waiting for the model; "
+                "rerun to pick it up"
+            )
+        if isinstance(outcome[0], UploadError):
+            raise outcome[0]
+        return outcome[0]
 
     async def _poll_model(self, interval: float, deadline: float) -> str:
         clock = self.services.clock
@@ -453,6 +470,7 @@ class Matterport:
         client = self.graphql(services)
         run = _Import(services, client, organization, infos)
         await run.open_session(name, description)
+        model_known = bool(run.model_id)  # the resumed session had its model already
         await run.add_files()
         uploads = await run.upload()
         await run.commit()
@@ -464,4 +482,5 @@ class Matterport:
             seconds=services.clock.monotonic() - started,
             bytes=sum(i.size for i in infos),
             operations=tuple(client.calls),
+            skipped=run.skipped(uploads, model_known),
         )

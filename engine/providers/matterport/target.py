@@ -6,14 +6,22 @@ Rules:
   its ``minSize``/``maxSize`` (one part when both equal the file size); a file above
   ``maxSize`` cannot be asked for whole: a few smaller first parts are asked for instead (the
   preferred part size, then halves), with no wait between them (a refusal is an answer, not
-  a transient failure);
-- ETags go to ``completeUpload`` exactly as the storage returned them, in part order;
+  a transient failure); whatever ``maxSize`` says, no part is planned above 5 GiB (S3's
+  ceiling for one PUT, ``MAX_PUT_SIZE``), and a file the server wants in one part above that
+  is refused before a byte is sent;
+- ETags go to ``completeUpload`` in part order and in the guide's form: without the quotes the
+  storage put around them (its sample value is bare hex; its example strips the quotes);
 - the file's journal (key ``matterport_file_key(endpoint, session, path)``) holds its ids in
   the session (``FileAdded``), its part limits (``PartLimitsKnown``) and each part's ETag;
   never a token or a URL;
 - resume: a file the server holds as STARTED is asked which parts it has
-  (``importFilePartsUploadStatus``) and only the missing ones are sent: the server's word wins
-  over the journal (a journaled ETag is kept only where the server's matches it);
+  (``importFilePartsUploadStatus``); a part counts as stored only when the server lists it at
+  the planned size with the ETag the journal recorded for it (quotes aside), every other part
+  is sent again. That match also settles the server's numbering of ``partNumber`` (zero-based
+  like ``requestPartUpload``'s ``part``, or one-based like S3's): the base under which more
+  journaled ETags match wins, zero-based on a tie;
+- a file the journal says is done counts only when the server's session holds it as
+  COMPLETED (``confirm``); otherwise it is uploaded again;
 - ``beginUpload`` or ``completeUpload`` refused as a repeat (a retry after a lost answer) is
   reconciled against ``importSession``: a file already STARTED or COMPLETED is what we wanted.
 """
@@ -25,10 +33,18 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from engine.clock import Clock
-from engine.errors import InvalidRequestError, NotFoundError, ServiceError
+from engine.errors import InvalidRequestError, NotFoundError, ServiceError, TooLargeError
 from engine.graphql import GraphQLClient, dig, need_int, need_obj
-from engine.journal import JournalKey, PartLimitsKnown, matterport_file_key
-from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec, Remote
+from engine.journal import FileAdded, JournalKey, PartLimitsKnown, matterport_file_key
+from engine.models import (
+    MAX_PUT_SIZE,
+    FileInfo,
+    PartLimits,
+    PartRequest,
+    PartResult,
+    PartSpec,
+    Remote,
+)
 from engine.providers.matterport.documents import (
     BEGIN_UPLOAD,
     COMPLETE_UPLOAD,
@@ -42,7 +58,7 @@ from engine.providers.matterport.documents import (
 )
 from engine.providers.matterport.errors import REPEAT_REFUSED
 from engine.retry import RetryPolicy
-from engine.target import Target, TargetContext
+from engine.target import CONFIRMED, Confirmation, Target, TargetContext
 from engine.wait import Attempts
 
 __all__ = [
@@ -112,13 +128,21 @@ def same_file(item: Mapping[str, Any], info: FileInfo) -> bool:
 
 
 def read_limits(answer: Mapping[str, Any], size: int) -> PartLimits:
-    """The part limits a ``requestPartUpload`` answer gives for a file of ``size`` bytes."""
+    """The part limits a ``requestPartUpload`` answer gives for a file of ``size`` bytes,
+    with no part above ``MAX_PUT_SIZE`` whatever ``maxSize`` says."""
     op = "requestPartUpload"
     min_size = need_int(answer.get("minSize"), op, PLATFORM, "minSize")
     max_size = need_int(answer.get("maxSize"), op, PLATFORM, "maxSize")
     if not 0 <= min_size <= max_size or max_size < 1:
         raise ServiceError(f"{op}: unusable part limits from {PLATFORM}: {min_size}..{max_size}")
-    return PartLimits(min_size=min_size, max_size=max_size, single=min_size == max_size == size)
+    single = min_size == max_size == size
+    if single and size > MAX_PUT_SIZE:
+        raise TooLargeError(
+            f"{PLATFORM} asks for this file in one part of {size} bytes, above the "
+            f"{MAX_PUT_SIZE} bytes one PUT to its storage can hold"
+        )
+    max_size = min(max_size, MAX_PUT_SIZE)
+    return PartLimits(min_size=min(min_size, max_size), max_size=max_size, single=single)
 
 
 def journaled_limits(known: PartLimitsKnown | None) -> PartLimits:
@@ -128,32 +152,48 @@ def journaled_limits(known: PartLimitsKnown | None) -> PartLimits:
     return PartLimits(min_size=known.min_size, max_size=known.max_size)
 
 
+def bare_etag(etag: str) -> str:
+    """An ETag as the guide sends it to ``completeUpload``: without surrounding quotes."""
+    return etag.strip().strip('"')
+
+
 def held_parts(items: Any) -> dict[int, tuple[str, int]]:
-    """``importFilePartsUploadStatus``'s answer as {engine part number: (ETag, size)}."""
+    """``importFilePartsUploadStatus``'s answer as {the server's partNumber: (ETag, size)}."""
     op = "importFilePartsUploadStatus"
     held: dict[int, tuple[str, int]] = {}
     for item in items or ():
         if isinstance(item, dict) and item.get("eTag"):
-            number = need_int(item.get("partNumber"), op, PLATFORM, "partNumber") + 1
+            number = need_int(item.get("partNumber"), op, PLATFORM, "partNumber")
             held[number] = (str(item["eTag"]), need_int(item.get("size"), op, PLATFORM, "size"))
     return held
+
+
+def _matched(
+    plan: Sequence[PartSpec],
+    held: Mapping[int, tuple[str, int]],
+    journal: Mapping[int, PartResult],
+    base: int,
+) -> dict[int, PartResult]:
+    out: dict[int, PartResult] = {}
+    for p in plan:
+        mine = journal.get(p.number)
+        etag, size = held.get(p.number - 1 + base, ("", -1))
+        if (
+            mine is not None
+            and size == mine.size == p.size
+            and bare_etag(etag) == bare_etag(mine.etag)
+        ):
+            out[p.number] = mine  # as the storage returned it
+    return out
 
 
 def match_held(
     plan: Sequence[PartSpec], held: Mapping[int, tuple[str, int]], journal: Mapping[int, PartResult]
 ) -> dict[int, PartResult]:
-    """The planned parts the server holds at their planned size; a journaled ETag that the
-    server's matches (but for quotes) is kept as the storage returned it."""
-    out: dict[int, PartResult] = {}
-    for p in plan:
-        etag, size = held.get(p.number, ("", -1))
-        if size != p.size:
-            continue  # not on the server (whatever the journal says), or another plan's
-        mine = journal.get(p.number)
-        if mine is not None and mine.etag.strip('"') == etag.strip('"'):
-            etag = mine.etag
-        out[p.number] = PartResult(p.number, etag, p.size)
-    return out
+    """The planned parts the server holds with the ETag the journal recorded for them, at the
+    planned size, under the server's numbering (see the module rules); nothing else counts."""
+    zero, one = _matched(plan, held, journal, 0), _matched(plan, held, journal, 1)
+    return one if len(one) > len(zero) else zero
 
 
 def part_request_of(answer: Mapping[str, Any], index: int) -> PartRequest:
@@ -249,7 +289,33 @@ class MatterportFileTarget(Target):
                 return probe, answer, request
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def confirm(self, remote: Remote, ctx: TargetContext) -> Confirmation:
+        """The server's session holds this file (same name and size) as COMPLETED."""
+        where = f"import session {self.session_id}"
+        try:
+            session = await fetch_session(self._client, self.session_id)
+        except NotFoundError:
+            return Confirmation(False, f"the server has no {where}")
+        record = files_of(session).get(self.file.client_id)
+        if record is None or not same_file(record, ctx.file):
+            return Confirmation(False, f"{where} does not hold it as {self.file.client_id}")
+        status = str(record.get("uploadStatus") or PENDING)
+        if status != COMPLETED:
+            return Confirmation(False, f"{where} holds it as {status}")
+        self.file.status = COMPLETED
+        return CONFIRMED
+
     async def prepare(self, ctx: TargetContext) -> PartLimits:
+        f = self.file
+        if ctx.journal.state.get(FileAdded) is None:  # voided: the ids stay known
+            ctx.journal.record(
+                FileAdded(
+                    session_id=self.session_id,
+                    client_id=f.client_id,
+                    e57_id=f.e57_id,
+                    file_id=f.file_id,
+                )
+            )
         if self.file.status == PENDING:
             await self._begin(ctx)
         if self.file.status == COMPLETED:
@@ -289,7 +355,7 @@ class MatterportFileTarget(Target):
     ) -> MatterportFileRemote:
         f = self.file
         if f.status != COMPLETED:
-            completed = [{"headers": [{"key": "ETag", "value": p.etag}]} for p in parts]
+            completed = [{"headers": [{"key": "ETag", "value": bare_etag(p.etag)}]} for p in parts]
             try:
                 await self._client.execute(
                     COMPLETE_UPLOAD, {**self._ids(), "completedParts": completed}

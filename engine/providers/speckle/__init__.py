@@ -1,15 +1,25 @@
-"""Speckle file ingestion: one presigned PUT, then a GraphQL-driven ingestion into a model version.
+"""Speckle file ingestion: one upload of the file, then its ingestion into a model version.
 
 Per file (``POST {server}/graphql``, ``Authorization: Bearer <token>``): refuse what Speckle
-cannot take before any request; find or create the model; ``generateUploadUrl``; one PUT of the
-whole file; ``startFileIngestion`` with the storage's ETag; poll the ingestion until it made a
-version or failed for good. Each module keeps the rules of its step:
+cannot take before any request; learn what the server offers (once per uploader) and refuse a
+file above its limit; find or create the model; upload the file (v3 and v2: ``generateUploadUrl``
+and one PUT; servers without presigned uploads: the legacy multipart POST); start the ingestion
+(v3 ``startFileIngestion``, v2 ``startFileImport``); wait for it — live over the
+``projectModelIngestionUpdated`` subscription where the server offers it, else by polling —
+until it made a version or failed for good. Each module keeps the rules of its step:
 
 - ``documents``: the GraphQL documents, status names and limits (the wire vocabulary);
 - ``errors``:    ``classify`` (GraphQL failures, mapped once), ``SpeckleCredentials``,
-                 ``check_local`` (size and format, refused locally);
+                 ``check_local`` (size and format, refused locally), ``input_refusal``;
+- ``server``:    what a server offers (``detect``, ``ServerApi``) and what its files share
+                 (``SpeckleSession``: the API, the ``Pacer``, the live connections);
+- ``pacing``:    ``Pacer``: requests spaced out from ``X-RateLimit-Remaining``;
+- ``live``:      the ``graphql-ws`` subscription connections, one per project;
+- ``status``:    reading a status from any API, and ``Watch``, the wait for the end;
 - ``target``:    ``SpeckleFileTarget``: the model, the upload URL, the PUT, resuming;
-- ``ingestion``: starting (not idempotent), recovering and waiting for the ingestion;
+- ``ingestion``: starting (not idempotent), recovering and waiting (``Ingestion``; the v3
+                 ``IngestionFlow``);
+- ``legacy``:    the v2 ``FileImportFlow`` and the legacy REST upload (``RestFlow``);
 - ``results``:   ``SpeckleVersion`` (the typed remote) and ``SpeckleResult``;
 - ``provider``:  ``Speckle``, the client its entry point ``upload`` runs on an uploader's
                  services.
@@ -26,13 +36,16 @@ from engine.providers.speckle.errors import SpeckleCredentials, check_local, cla
 from engine.providers.speckle.ingestion import Ingestion
 from engine.providers.speckle.provider import Speckle
 from engine.providers.speckle.results import SpeckleResult, SpeckleVersion
+from engine.providers.speckle.server import API_CHOICES, ServerApi
 from engine.providers.speckle.target import SpeckleFileTarget
 
 __all__ = [
+    "API_CHOICES",
     "DEFAULT_SERVER",
     "MAX_UPLOAD_SIZE",
     "START_FILE_INGESTION",
     "Ingestion",
+    "ServerApi",
     "Speckle",
     "SpeckleCredentials",
     "SpeckleFileTarget",

@@ -2,23 +2,32 @@
 
 The flow (``POST {server}/graphql``, ``Authorization: Bearer <token>``), per file:
 
-1. ``prepare``: the local checks (``errors.check_local``); the model: ``model_id`` is checked
-   with ``project.model(id)`` (``NotFoundError``); a name (default: the file's stem) is looked up
-   with ``project.modelByName`` and created with ``modelMutations.create`` when the server
-   answers ``MODEL_NOT_FOUND``; then ``fileUploadMutations.generateUploadUrl(projectId,
-   fileName)`` → ``url``, ``fileId`` and ``additionalRequestHeaders``;
+1. ``prepare``: the local checks (``errors.check_local``); what the server offers
+   (``server.SpeckleSession.api``: detected once per uploader) and its size limit, checked
+   before any byte is sent; the model: ``model_id`` is checked with ``project.model(id)``; a
+   name (default: the file's stem) is looked up with ``project.modelByName`` and created with
+   ``modelMutations.create`` when the server says it is absent (``BRANCH_NOT_FOUND`` from the
+   public resolvers, ``MODEL_NOT_FOUND``, ``NOT_FOUND_ERROR``); then, for v3 and v2,
+   ``fileUploadMutations.generateUploadUrl(projectId, fileName)`` → ``url``, ``fileId`` (and,
+   on v3, ``additionalRequestHeaders``);
 2. one part: one PUT of the whole file with every additional header and
    ``Content-Type: application/octet-stream``; an expired URL gets a new ``generateUploadUrl``
-   (a new ``fileId``);
-3. ``complete``: the ingestion (``ingestion.Ingestion``), then the ``SpeckleVersion``.
+   (a new ``fileId``). The legacy REST API has no PUT: its bytes go in ``complete``;
+3. ``complete``: the ingestion (``ingestion.Ingestion`` with the API's ``Flow``), then the
+   ``SpeckleVersion``.
 
 Rules:
-- the ``fileId`` (never the URL) is journaled as a fresh upload (``UploadStarted``), each new
-  one voiding what the journal held; the URL stays in memory;
+- the ``fileId`` (never the URL) is journaled as a fresh upload (``UploadStarted``; "" for the
+  REST upload, whose blob the server names in its answer), each new one voiding what the
+  journal held; the URL stays in memory;
 - a rerun resumes: the journal key is per server, project, model and file (``speckle_key``); a
   journaled part of the same ``fileId`` is not sent again (the blob is already stored) and is
-  aimed at the model this run resolved (``ModelChosen``); a journaled ingestion request is
-  finished, not sent again; a finished file is not touched at all (the engine's ``done``);
+  aimed at the model this run resolved (``ModelChosen``); a journaled start is finished by the
+  API that was asked (``SpeckleApiChosen``), not sent again; a finished file is not touched at
+  all (the engine's ``done``);
+- a guess about the API that a document's validation contradicts is corrected where nothing
+  ran: no ``additionalRequestHeaders`` → the v2 ``generateUploadUrl``; no ``generateUploadUrl``
+  → the REST upload; no ``startFileIngestion`` → ``startFileImport`` for the same blob;
 - the current model of the journaled blob is the latest of ``UploadStarted.model_id`` and
   ``ModelChosen.model_id`` (``current_model``).
 """
@@ -26,19 +35,20 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import anyio.to_thread
 
-from engine.errors import ConfigError, ConflictError, NotFoundError
+from engine.errors import ConfigError, ConflictError, InvalidRequestError, NotFoundError
 from engine.graphql import GraphQLClient, dig, need_str
 from engine.journal import (
     FileState,
     JournalKey,
     Mark,
     ModelChosen,
+    SpeckleApiChosen,
     UploadStarted,
     speckle_key,
 )
@@ -46,14 +56,22 @@ from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpe
 from engine.providers.speckle.documents import (
     CREATE_MODEL,
     GENERATE_UPLOAD_URL,
+    GENERATE_UPLOAD_URL_V2,
     MAX_UPLOAD_SIZE,
     MODEL_BY_ID,
     MODEL_BY_NAME,
     PLATFORM,
 )
-from engine.providers.speckle.errors import check_local, classify
-from engine.providers.speckle.ingestion import Blob, Ingestion
+from engine.providers.speckle.errors import (
+    check_local,
+    check_server_limit,
+    classify,
+    is_unsupported,
+)
+from engine.providers.speckle.ingestion import Blob, Flow, Ingestion, IngestionFlow
+from engine.providers.speckle.legacy import FileImportFlow, RestFlow
 from engine.providers.speckle.results import SpeckleVersion
+from engine.providers.speckle.server import PacedGraphQL, ServerApi, SpeckleSession
 from engine.target import Target, TargetContext
 
 if TYPE_CHECKING:
@@ -61,10 +79,16 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelRef", "SpeckleFileTarget", "current_model", "single_put_limits"]
 
+#: Codes with which a server says a model is absent (speckle-server
+#: ``core/graph/resolvers/models.ts``: ``BranchNotFoundError``; the file-import mutations:
+#: ``ModelNotFoundError``; ``shared/errors``: ``NotFoundError``).
+_ABSENT: Final = frozenset({"BRANCH_NOT_FOUND", "MODEL_NOT_FOUND", "NOT_FOUND_ERROR", "NOT_FOUND"})
+
 
 @dataclass(frozen=True, slots=True)
 class _Upload:
-    """The presigned upload in hand. The URL stays in memory ("" when resuming from the journal)."""
+    """The presigned upload in hand. The URL stays in memory ("" when resuming from the journal;
+    the ``file_id`` is "" for the REST upload until its answer)."""
 
     file_id: str
     url: str = ""
@@ -131,7 +155,7 @@ class SpeckleFileTarget(Target):
 
     Build it with ``Speckle.target(...)``; one instance uploads one file. ``calls`` lists the
     GraphQL operations it sent, in order (retries included). ``ingestion_type`` is the
-    ``Ingestion`` it drives (a test may put a subclass in its place).
+    ``Ingestion`` it drives (a test may put a subclass in its place); ``api`` the API it used.
     """
 
     kind = "speckle"
@@ -148,12 +172,14 @@ class SpeckleFileTarget(Target):
         self._path: Path | None = None
         self._upload: _Upload | None = None
         self.model_id = ""
+        self.model_name = ""
+        self.api = ""
 
     def __repr__(self) -> str:
         file_id = self._upload.file_id if self._upload else "?"
         return (
             f"<SpeckleFileTarget project={self.project_id} model={self.model_id or '?'} "
-            f"file={file_id} calls={len(self.calls)}>"
+            f"file={file_id or '?'} api={self.api or '?'} calls={len(self.calls)}>"
         )
 
     @property
@@ -165,16 +191,20 @@ class SpeckleFileTarget(Target):
         ref = self.model.key_for(file.path)
         return speckle_key(self._speckle.server, self.project_id, ref, file)
 
+    def _session(self, ctx: TargetContext) -> SpeckleSession:
+        return self._speckle.session(ctx.services)
+
     def _client(self, ctx: TargetContext) -> GraphQLClient:
         if self._gql is None:
             s = self._speckle
-            self._gql = GraphQLClient(
+            self._gql = PacedGraphQL(
                 ctx.http,
                 s.endpoint,
                 headers=s.credentials.headers(),
                 classify=classify,
-                policy=ctx.services.retry,
+                policy=replace(ctx.services.retry, retry_after_cap=s.retry_after_cap),
                 clock=ctx.services.clock,
+                pacer=self._session(ctx).pacer,
             )
         return self._gql
 
@@ -187,28 +217,39 @@ class SpeckleFileTarget(Target):
         self._path = path
         limit = self._speckle.size_limit
         await anyio.to_thread.run_sync(check_local, path, ctx.file.size, limit)
+        server = await self._session(ctx).api(self._client(ctx), self._speckle.api)
+        check_server_limit(path, ctx.file.size, server.blob_limit)
         st = ctx.journal.state
         started, model_id = st.get(UploadStarted), current_model(st)
-        file_id = started.file_id if started is not None else ""
-        if file_id and model_id and Mark.INGESTION_REQUESTED in st.marks:
+        if started is not None and model_id and Mark.INGESTION_REQUESTED in st.marks:
             # An earlier run asked for the ingestion: finish that one, send no bytes.
-            self.model_id, self._upload = model_id, _Upload(file_id)
+            chosen = st.get(SpeckleApiChosen)
+            self.api = chosen.api if chosen is not None else "v3"
+            self.model_id, self._upload = model_id, _Upload(started.file_id)
             ctx.phase("resuming: ingestion already requested")
             return single_put_limits(limit)
-        self.model_id = await self._resolve_model(ctx)
-        if file_id and st.parts:
+        self.model_id, self.model_name = await self._resolve_model(ctx)
+        self.api = server.api
+        if self.api != "rest" and started is not None and started.file_id and st.parts:
             # The bytes are stored under this fileId already: keep it, aim it at the model.
-            self._upload = _Upload(file_id)
+            self._upload = _Upload(started.file_id)
             if model_id != self.model_id:
                 ctx.journal.record(ModelChosen(model_id=self.model_id))
             ctx.phase("resuming: file already uploaded")
-        else:
+        elif self.api != "rest":
             await self._new_upload(ctx)
+        if self.api == "rest":  # the POST is the upload; its blob id comes with its answer
+            self._upload = _Upload("")
+            ctx.journal.record(
+                UploadStarted(project_id=self.project_id, model_id=self.model_id, file_id="")
+            )
         return single_put_limits(limit)
 
     async def stored_parts(
         self, plan: Sequence[PartSpec], ctx: TargetContext
     ) -> dict[int, PartResult]:
+        if self.api == "rest":  # nothing for the engine to PUT: complete() posts the file
+            return {p.number: PartResult(p.number, "", p.size) for p in plan}
         started = ctx.journal.state.get(UploadStarted)
         if self._upload is None or started is None or started.file_id != self._upload.file_id:
             return {}
@@ -225,28 +266,62 @@ class SpeckleFileTarget(Target):
     async def complete(self, parts: Sequence[PartResult], ctx: TargetContext) -> SpeckleVersion:
         if len(parts) != 1 or self._upload is None:
             raise ConfigError(f"a Speckle upload is exactly one part, got {len(parts)}")
-        s, blob = self._speckle, Blob(self.project_id, self.model_id, self._upload.file_id)
-        ingestion = self.ingestion_type(
-            self._client(ctx), ctx, blob, s.poll_interval, s.ingestion_deadline
-        )
-        ingestion_id, version_id = await ingestion.run(parts[0].etag)
+        blob = Blob(self.project_id, self.model_id, self._upload.file_id)
+        etag = parts[0].etag
+        ingestion = self._ingestion(ctx, blob, self.api)
+        try:
+            ingestion_id, version_id = await ingestion.run(etag)
+        except InvalidRequestError as exc:
+            session = self._session(ctx)
+            if self.api != "v3" or not is_unsupported(exc):
+                raise
+            # No startFileIngestion in this schema (nothing ran): the v2 import, same blob.
+            session.learned(api="v2", live=False)
+            self.api = "v2"
+            ingestion = self._ingestion(ctx, blob, "v2")
+            ingestion_id = await ingestion.start(etag)
+            version_id = await ingestion.wait_version(ingestion_id)
         return blob.version(ingestion_id, version_id)
+
+    def _ingestion(self, ctx: TargetContext, blob: Blob, api: str) -> Ingestion:
+        s, session = self._speckle, self._session(ctx)
+        server: ServerApi = session.learned()
+        gql = self._client(ctx)
+        flow: Flow
+        if api == "rest":
+            name = self.model_name or self.model.name_for(ctx.file.path)
+            flow = RestFlow(
+                gql,
+                ctx,
+                blob,
+                server,
+                model_name=name,
+                server_url=s.server,
+                credentials=s.credentials,
+                policy=replace(ctx.services.retry, retry_after_cap=s.retry_after_cap),
+            )
+        elif api == "v2":
+            flow = FileImportFlow(gql, ctx, blob, server)
+        else:
+            flow = IngestionFlow(gql, ctx, blob, server)
+        return self.ingestion_type(flow, session, s.poll_interval, s.ingestion_deadline)
 
     # ---- the model -------------------------------------------------------------------------------
 
-    async def _resolve_model(self, ctx: TargetContext) -> str:
+    async def _resolve_model(self, ctx: TargetContext) -> tuple[str, str]:
+        """(id, name) of the file's model, created when it is asked for by a name it lacks."""
         gql = self._client(ctx)
         if self.model.id is not None:
             data = await gql.execute(
                 MODEL_BY_ID, {"projectId": self.project_id, "modelId": self.model.id}
             )
-            return need_str(
-                dig(data, "project", "model", "id"), "ProjectModel", PLATFORM, "model id"
-            )
+            model = dig(data, "project", "model")
+            model_id = need_str(dig(model, "id"), "ProjectModel", PLATFORM, "model id")
+            return model_id, str(dig(model, "name") or "")
         name = self.model.name_for(ctx.file.path)
         found = await self._model_by_name(gql, name)
-        if found:
-            ctx.phase(f"model {name!r} exists ({found})")
+        if found is not None:
+            ctx.phase(f"model {name!r} exists ({found[0]})")
             return found
         try:
             data = await gql.execute(
@@ -255,34 +330,47 @@ class SpeckleFileTarget(Target):
         except ConflictError:
             # Taken meanwhile: by another run, or by our own create whose answer was lost.
             found = await self._model_by_name(gql, name)
-            if found:
+            if found is not None:
                 return found
             raise
-        model_id = need_str(
-            dig(data, "modelMutations", "create", "id"), "CreateModel", PLATFORM, "model id"
-        )
+        created = dig(data, "modelMutations", "create")
+        model_id = need_str(dig(created, "id"), "CreateModel", PLATFORM, "model id")
         ctx.phase(f"model {name!r} created ({model_id})")
-        return model_id
+        return model_id, str(dig(created, "name") or name)
 
-    async def _model_by_name(self, gql: GraphQLClient, name: str) -> str:
-        """The id of the model called ``name`` (case-insensitively), "" if there is none."""
+    async def _model_by_name(self, gql: GraphQLClient, name: str) -> tuple[str, str] | None:
+        """(id, name) of the model called ``name`` (case-insensitively), ``None`` if absent."""
         try:
             data = await gql.execute(MODEL_BY_NAME, {"projectId": self.project_id, "name": name})
         except NotFoundError as exc:
-            if exc.code == "MODEL_NOT_FOUND":
-                return ""
+            if exc.code in _ABSENT:
+                return None
             raise
-        answer = dig(data, "project", "modelByName", "id")
-        return need_str(answer, "ProjectModelByName", PLATFORM, "model id")
+        model = dig(data, "project", "modelByName")
+        model_id = need_str(dig(model, "id"), "ProjectModelByName", PLATFORM, "model id")
+        return model_id, str(dig(model, "name") or name)
 
     # ---- the upload ------------------------------------------------------------------------------
 
     async def _new_upload(self, ctx: TargetContext) -> None:
-        """Ask for a presigned URL; its new fileId voids whatever the journal held."""
-        data = await self._client(ctx).execute(
-            GENERATE_UPLOAD_URL,
-            {"input": {"projectId": self.project_id, "fileName": ctx.file.path.name}},
-        )
+        """Ask for a presigned URL; its new fileId voids whatever the journal held. A server
+        without ``generateUploadUrl`` turns the file over to the REST upload (``api``)."""
+        session = self._session(ctx)
+        server = session.learned()
+        variables = {"input": {"projectId": self.project_id, "fileName": ctx.file.path.name}}
+        document = GENERATE_UPLOAD_URL if server.headers else GENERATE_UPLOAD_URL_V2
+        try:
+            data = await self._client(ctx).execute(document, variables)
+        except InvalidRequestError as exc:
+            if not is_unsupported(exc):
+                raise
+            if document is GENERATE_UPLOAD_URL:  # no additionalRequestHeaders here
+                session.learned(headers=False)
+            else:  # no presigned upload at all
+                session.learned(api="rest", live=False)
+                self.api = "rest"
+                return
+            return await self._new_upload(ctx)
         out = dig(data, "fileUploadMutations", "generateUploadUrl")
         op = "GenerateFileUploadUrl"
         url = need_str(dig(out, "url"), op, PLATFORM, "upload url")

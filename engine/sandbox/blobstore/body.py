@@ -2,10 +2,11 @@
 
 Rules this module keeps:
 
-* **Bodies are streamed, never buffered whole.** Each body is read chunk by chunk, MD5-hashed and
-  written to a temp file; batches of about 1 MiB are hashed and written in worker threads while the
-  next batch is read, so memory per connection is a few MiB whatever the part size. Bodies up to
-  256 KiB are hashed on the event loop (no thread hop).
+* **Bodies are streamed, never buffered whole.** Each body is read chunk by chunk, MD5-hashed (and
+  fed to the storage mode's checksum, if it has one: Azure's CRC-64) and written to a temp file;
+  batches of about 1 MiB are hashed and written in worker threads while the next batch is read,
+  so memory per connection is a few MiB whatever the part size. Bodies up to 256 KiB are hashed
+  on the event loop (no thread hop).
 * **A short body stores nothing.** A body that ends before ``Content-Length`` bytes (client gone,
   reset) raises :class:`ClientGoneError` and its temp file is removed; so does a body whose
   ``Content-MD5`` is malformed (400 ``InvalidDigest``) or does not match (400 ``BadDigest``).
@@ -21,7 +22,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import anyio
 import anyio.to_thread
@@ -39,6 +40,12 @@ _INLINE_LIMIT: Final = 256 * KiB  # bodies up to this size are hashed on the loo
 _BATCH: Final = 1 * MiB  # bytes handed to a worker thread at a time
 
 
+class Checksum(Protocol):
+    """A running checksum fed with the body's chunks (e.g. :class:`.crc64.Crc64`)."""
+
+    def update(self, data: bytes) -> None: ...
+
+
 class ClientGoneError(Exception):
     """The body ended before ``Content-Length`` bytes: the client went away."""
 
@@ -49,11 +56,12 @@ class _Sink:
     A write error is kept in ``error`` rather than raised, so the reader can drain and report it.
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, checksum: Checksum | None) -> None:
         self.path = path
         self.size = 0
         self.error: OSError | None = None
         self._md5 = hashlib.md5(usedforsecurity=False)
+        self._checksum = checksum
         self._file = path.open("wb") if path is not None else None
 
     def feed(self, chunks: Sequence[bytes]) -> None:
@@ -62,6 +70,8 @@ class _Sink:
         try:
             for chunk in chunks:
                 self._md5.update(chunk)
+                if self._checksum is not None:
+                    self._checksum.update(chunk)
                 if self._file is not None:
                     self._file.write(chunk)
                 self.size += len(chunk)
@@ -107,9 +117,12 @@ class BodyReader:
                 raise ClientGoneError
             received += len(chunk)
 
-    async def receive(self, target: PutTarget, tmp: Path | None) -> bytes:
-        """Stream the body into ``tmp`` (or nowhere); return its MD5 digest."""
-        sink = _Sink(tmp)
+    async def receive(
+        self, target: PutTarget, tmp: Path | None, checksum: Checksum | None = None
+    ) -> bytes:
+        """Stream the body into ``tmp`` (or nowhere), feeding ``checksum`` too; return its MD5
+        digest."""
+        sink = _Sink(tmp, checksum)
         try:
             if target.size <= _INLINE_LIMIT:
                 while sink.size < target.size:

@@ -3,7 +3,9 @@
 Rules this module keeps:
 
 * An error is a :class:`BlobError`: S3's ``code`` (e.g. ``NoSuchUpload``), its ``message`` and the
-  HTTP ``status`` S3 answers it with (looked up by code unless given; 400 for unknown codes).
+  HTTP ``status`` S3 answers it with (looked up by code unless given; 400 for unknown codes), and
+  optional ``detail`` elements that a store's error document adds after ``Message`` (Azure's
+  ``AuthenticationErrorDetail``, ``HeaderName``, ``MaxLimit``).
 * An answer is an S3-style XML ``<Error>`` document with ``Code``, ``Message`` and ``RequestId``,
   every value XML-escaped.
 * The messages S3 uses for a missing upload and for a completion already in progress are
@@ -13,7 +15,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 __all__ = ["NO_SUCH_UPLOAD", "OPERATION_ABORTED", "BlobError", "error_body", "no_such_upload"]
@@ -36,6 +38,15 @@ _STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "NoSuchKey": 404,
     "OperationAborted": 409,
     "InternalError": 500,
+    "InvalidRequest": 400,
+    "InvalidEncryptionAlgorithmError": 400,
+    # Azure Blob Storage's codes (azure mode), statuses from its common error-code list:
+    # https://learn.microsoft.com/en-us/rest/api/storageservices/common-rest-api-error-codes
+    "AuthenticationFailed": 403,
+    "MissingRequiredHeader": 400,
+    "InvalidHeaderValue": 400,
+    "RequestBodyTooLarge": 413,
+    "MissingContentLengthHeader": 411,
 }
 
 NO_SUCH_UPLOAD: Final = (
@@ -49,17 +60,27 @@ OPERATION_ABORTED: Final = (
 
 
 class BlobError(Exception):
-    """An S3 error: ``code`` (e.g. ``NoSuchUpload``), ``message`` and the HTTP ``status``."""
+    """A store error: ``code`` (e.g. ``NoSuchUpload``), ``message``, the HTTP ``status`` and the
+    ``detail`` elements (``(name, text)``) the error document adds after the message."""
 
     code: str
     message: str
     status: int
+    detail: tuple[tuple[str, str], ...]
 
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int | None = None,
+        *,
+        detail: Sequence[tuple[str, str]] = (),
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status if status is not None else _STATUS_BY_CODE.get(code, 400)
+        self.detail = tuple(detail)
 
 
 def no_such_upload() -> BlobError:

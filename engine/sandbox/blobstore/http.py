@@ -7,9 +7,13 @@ Rules this module keeps:
   ``SignatureDoesNotMatch``), expiry (403 ``AccessDenied`` / ``Request has expired``),
   ``Content-Length`` present and no chunked body (411 ``MissingContentLength``), ``partNumber`` in
   ``1..max_parts`` (400 ``InvalidArgument``), size at most ``max_part_size`` (single PUT:
-  ``max_object_size``) (400 ``EntityTooLarge``), upload exists for that key (404 ``NoSuchUpload``).
-* **Every answer names its request** in ``x-amz-request-id``; errors are S3's XML documents
-  (``application/xml``) and are counted by status and by code.
+  ``max_object_size``) (400 ``EntityTooLarge``), upload exists for that key (404 ``NoSuchUpload``),
+  then the headers the storage mode needs (:meth:`.modes.StorageMode.check_headers`). The
+  signature and expiry checks, and the size and length errors, are the mode's (``azure``: the
+  SAS, 413 ``RequestBodyTooLarge``, 411 ``MissingContentLengthHeader``).
+* **Every answer names its request** in ``x-amz-request-id`` (``azure``: ``x-ms-request-id``);
+  errors are the mode's XML documents (``application/xml``) and are counted by status and by
+  code.
 * **A stall** stops reading for its time, or until the client hangs up or the store closes,
   polling every 50 ms; then the connection is dropped.
 """
@@ -22,18 +26,18 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 import anyio
 from aiohttp import web
 
-from engine.sandbox.blobstore.errors import BlobError, error_body, no_such_upload
+from engine.sandbox.blobstore.errors import BlobError, no_such_upload
 from engine.sandbox.blobstore.keys import validate_key
 from engine.sandbox.blobstore.records import PutTarget, Upload
-from engine.sandbox.blobstore.signing import Signer, check_expiry
-from engine.sandbox.blobstore.stats import Counters
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from multidict import CIMultiDictProxy, MultiMapping
 
-__all__ = ["PutLimits", "abort_connection", "authorize", "error_response", "wait_stalled"]
+    from engine.sandbox.blobstore.modes import StorageMode
+
+__all__ = ["PutLimits", "abort_connection", "authorize", "wait_stalled"]
 
 _STALL_POLL: Final = 0.05
 
@@ -52,32 +56,32 @@ def authorize(
     headers: CIMultiDictProxy[str],
     content_length: int | None,
     *,
-    signer: Signer,
+    mode: StorageMode,
     limits: PutLimits,
     uploads: Mapping[str, Upload],
 ) -> PutTarget:
     """Check a PUT in the documented order; return what it will write or raise BlobError."""
     key = validate_key(raw_key)
-    params = signer.verify(key, query, headers)
-    check_expiry(params)
+    params = mode.verify(key, query, headers)
     transfer_encoding = headers.get("Transfer-Encoding", "")
     if content_length is None or "chunked" in transfer_encoding.lower():
-        raise BlobError("MissingContentLength", "You must provide the Content-Length HTTP header.")
+        raise mode.missing_length()
     upload_id, part_number = _part_of(params, limits.max_parts)
     limit = limits.max_part_size if upload_id is not None else limits.max_object_size
     if content_length > limit:
-        raise BlobError("EntityTooLarge", "Your proposed upload exceeds the maximum allowed size.")
+        raise mode.too_large(limit)
     if upload_id is not None:
         upload = uploads.get(upload_id)
         if upload is None or upload.key != key or upload.completing:
             raise no_such_upload()
-    return PutTarget(
+    target = PutTarget(
         key=key,
         upload_id=upload_id,
         part_number=part_number,
         size=content_length,
         content_md5=headers.get("Content-MD5"),
     )
+    return mode.check_headers(target, headers, params)
 
 
 def _part_of(params: Mapping[str, str], max_parts: int) -> tuple[str | None, int]:
@@ -98,23 +102,6 @@ def _part_of(params: Mapping[str, str], max_parts: int) -> tuple[str | None, int
             f"Part number must be an integer between 1 and {max_parts}, inclusive.",
         )
     return upload_id, part_number
-
-
-def error_response(
-    error: BlobError,
-    request_id: str,
-    counters: Counters,
-    headers: Mapping[str, str] | None = None,
-) -> web.Response:
-    """S3's XML answer to ``error``, counted by status and by code."""
-    counters.responses[error.status] += 1
-    counters.errors[error.code] += 1
-    return web.Response(
-        status=error.status,
-        body=error_body(error.code, error.message, request_id),
-        content_type="application/xml",
-        headers={"x-amz-request-id": request_id, **(headers or {})},
-    )
 
 
 async def wait_stalled(request: web.Request, seconds: float, closing: Callable[[], bool]) -> None:

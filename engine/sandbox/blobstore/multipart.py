@@ -69,7 +69,7 @@ def choose_parts(upload: Upload, listed: Listed, minimum: int) -> list[Part]:
 
 def _listed_part(upload: Upload, number: int, etag: str) -> Part:
     part = upload.parts.get(number)
-    if part is None or part.digest.hex() != etag:
+    if part is None or part.etag_hex != etag:
         raise BlobError(
             "InvalidPart",
             "One or more of the specified parts could not be found. The part may not "

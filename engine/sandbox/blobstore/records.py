@@ -2,8 +2,11 @@
 
 Rules this module keeps:
 
-* **ETags are S3's.** A part or single-PUT object has the quoted MD5 hex of its bytes; a multipart
-  object has ``"md5(md5(p1)‖…‖md5(pN))-N"``. Comparisons take ETags with or without quotes.
+* **ETags are S3's.** A part or single-PUT object has the quoted MD5 hex of its bytes (in the
+  default mode; see :mod:`.modes` for the others); a multipart object has
+  ``"md5(etag(p1)‖…‖etag(pN))-N"`` over the parts' ETags as binary, which is
+  ``"md5(md5(p1)‖…‖md5(pN))-N"`` when each part's ETag is its MD5. Comparisons take ETags with
+  or without quotes.
 * **Records are values.** :class:`StoredPart` and :class:`StoredObject` (what callers see) and
   :class:`Part` are frozen; an :class:`Upload` is the one mutable record, owned by the event loop
   thread (its parts and its ``completing`` flag).
@@ -67,10 +70,11 @@ def unquoted(etag: str) -> str:
     return etag
 
 
-def composite_etag(digests: Sequence[bytes]) -> str:
-    """The ETag of a multipart object made of parts with these MD5 digests, in order."""
-    joined = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
-    return quoted(f"{joined}-{len(digests)}")
+def composite_etag(part_etags: Sequence[str]) -> str:
+    """The ETag of a multipart object made of parts with these (unquoted, 32 hex) ETags, in
+    order: ``md5`` of their binary concatenation, ``-N``."""
+    joined = b"".join(bytes.fromhex(etag) for etag in part_etags)
+    return quoted(f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(part_etags)}")
 
 
 def wrong_etag(digest: bytes) -> str:
@@ -80,15 +84,17 @@ def wrong_etag(digest: bytes) -> str:
 
 @dataclass(frozen=True)
 class Part:
-    """A stored part as the store keeps it: its MD5 ``digest``, not yet an ETag."""
+    """A stored part as the store keeps it: its MD5 ``digest`` and the ETag it was answered with
+    (``etag_hex``, unquoted; the MD5 hex in the default mode)."""
 
     number: int
     size: int
     digest: bytes
+    etag_hex: str
 
     @property
     def etag(self) -> str:
-        return quoted(self.digest.hex())
+        return quoted(self.etag_hex)
 
 
 @dataclass
@@ -103,10 +109,15 @@ class Upload:
 
 @dataclass(frozen=True)
 class PutTarget:
-    """What an authorised PUT will write (single PUT: ``part_number`` 0, ``upload_id`` None)."""
+    """What an authorised PUT will write (single PUT: ``part_number`` 0, ``upload_id`` None).
+
+    ``encrypted``: the PUT carried a customer key (SSE-C); ``answer_headers``: headers the mode
+    settled before the body that its answer repeats (the customer key's MD5, the API version)."""
 
     key: str
     upload_id: str | None
     part_number: int
     size: int
     content_md5: str | None
+    encrypted: bool = False
+    answer_headers: tuple[tuple[str, str], ...] = ()

@@ -31,7 +31,15 @@ from engine.sandbox.blobstore.errors import BlobError
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy, MultiMapping
 
-__all__ = ["BLOB_PREFIX", "Headers", "Signer", "canonical_query", "check_expiry", "signed_headers"]
+__all__ = [
+    "BLOB_PREFIX",
+    "Headers",
+    "Signer",
+    "canonical_query",
+    "check_expiry",
+    "signed_headers",
+    "single_params",
+]
 
 BLOB_PREFIX: Final = "/blob/"
 
@@ -68,6 +76,15 @@ def signed_headers(
             raise ValueError(f"header {lowered!r} given twice")
         headers[lowered] = value.strip()
     return headers
+
+
+def single_params(query: MultiMapping[str], code: str) -> dict[str, str]:
+    """The query's parameters; BlobError ``code`` (400) if one is given twice."""
+    pairs = list(query.items())
+    params = dict(pairs)
+    if len(params) != len(pairs):
+        raise BlobError(code, "A query parameter was given more than once.")
+    return params
 
 
 def check_expiry(params: Mapping[str, str]) -> None:
@@ -118,10 +135,7 @@ class Signer:
         self, key: str, query: MultiMapping[str], headers: CIMultiDictProxy[str]
     ) -> dict[str, str]:
         """Check a ``PUT`` of ``key``'s signature; return its query parameters but the signature."""
-        pairs = list(query.items())
-        params = dict(pairs)
-        if len(params) != len(pairs):
-            raise BlobError("InvalidArgument", "A query parameter was given more than once.")
+        params = single_params(query, "InvalidArgument")
         signature = params.pop("X-Signature", None)
         if not signature or "X-Expires" not in params:
             raise BlobError(

@@ -6,7 +6,15 @@ Rules this module keeps:
 * Resetting zeroes every counter but ``puts_in_flight`` (those PUTs are still running);
   ``max_puts_in_flight`` restarts from the PUTs in flight now.
 * The report is JSON-serialisable, its mappings sorted by key, and its keys always in the same
-  order (``Counters.report`` then the store's own ``uploads_*``/``parts_stored``/``objects``).
+  order (``Counters.report`` then the store's own ``uploads_*``/``parts_stored``/``objects``/
+  ``discard`` and the storage mode's ``mode`` (and ``kms_key_id`` in ``kms`` mode)).
+
+The keys: ``requests``: blob HTTP requests; ``responses``: by status; ``errors``: by error code;
+``bytes_received``: body bytes read (including drained and cut-off bodies); ``bytes_stored``:
+bytes of accepted parts and objects; ``faults``: injected, by kind; ``puts_by_part``: ``{key:
+{part_number: attempts}}`` for PUTs that passed the checks; ``disconnects``: bodies cut short
+(client gone, or a ``reset``/``stall`` fault); ``puts_in_flight`` / ``max_puts_in_flight``: PUTs
+past the checks whose answer is not yet sent (now, and the most at once).
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ Rules this module keeps (each one is something real S3 does, and the client must
   empty (left-over temp files are removed). The public ``def`` methods never touch the network;
   only ``complete_multipart`` (which assembles the object on disk) can block for long: inside a
   running server prefer ``await complete_multipart_async(...)``, which assembles in a thread.
+* **Modes.** ``mode`` picks which real store it answers as: ``s3`` (default), ``kms``, ``sse-c``
+  or ``azure`` (:mod:`.modes`, :mod:`.azure`): URL signing, the headers a PUT needs, ETags,
+  answers and error documents. Whatever the mode, ``StoredObject.md5`` is the true MD5.
 * **Faults** come from a :class:`~engine.sandbox.faults.FaultPlan`, decided per
   ``(key, part_number, attempt_index)``, where the attempt index counts the requests for that part
   that passed the checks (single PUT: part 0). Status faults answer once the body is read; ``reset``
@@ -39,14 +42,9 @@ from aiohttp import web
 
 from engine.sandbox.blobstore.body import BodyReader, ClientGoneError
 from engine.sandbox.blobstore.errors import BlobError, no_such_upload
-from engine.sandbox.blobstore.http import (
-    PutLimits,
-    abort_connection,
-    authorize,
-    error_response,
-    wait_stalled,
-)
+from engine.sandbox.blobstore.http import PutLimits, abort_connection, authorize, wait_stalled
 from engine.sandbox.blobstore.keys import object_filename, validate_key
+from engine.sandbox.blobstore.modes import StorageMode, make_mode
 from engine.sandbox.blobstore.multipart import (
     Assembly,
     CompletedUploads,
@@ -61,11 +59,10 @@ from engine.sandbox.blobstore.records import (
     StoredObject,
     StoredPart,
     Upload,
-    composite_etag,
-    quoted,
+    unquoted,
     wrong_etag,
 )
-from engine.sandbox.blobstore.signing import BLOB_PREFIX, Headers, Signer, signed_headers
+from engine.sandbox.blobstore.signing import BLOB_PREFIX, Headers, signed_headers
 from engine.sandbox.blobstore.stats import Counters
 from engine.sandbox.faults import BAD_ETAG, RESET, STALL, STATUS_FAULTS, THROTTLE, FaultPlan
 
@@ -97,12 +94,16 @@ class BlobStore:
         min_part_size: int = 5 * MiB,
         max_part_size: int = 5 * GiB,
         max_parts: int = 10_000,
-        max_object_size: int = 5 * GiB,
+        max_object_size: int | None = None,
+        mode: str | StorageMode = "s3",
     ) -> None:
         if not secret:
             raise ValueError("secret must not be empty")
         if data_dir is None and not discard:
             raise ValueError("data_dir is required unless discard=True")
+        self._mode = make_mode(mode, secret) if isinstance(mode, str) else mode
+        if max_object_size is None:
+            max_object_size = self._mode.max_single_put  # S3: 5 GiB; Azure's Put Blob: 5000 MiB
         if not (0 <= min_part_size <= max_part_size) or max_parts < 1 or max_object_size < 0:
             raise ValueError("need 0 <= min_part_size <= max_part_size, max_parts >= 1")
         self.data_dir = data_dir
@@ -112,7 +113,6 @@ class BlobStore:
         self.max_parts = max_parts
         self.max_object_size = max_object_size
         self.base_url = ""
-        self._signer = Signer(secret)
         self._faults = faults if faults is not None else FaultPlan()
         self._uploads: dict[str, Upload] = {}
         self._objects: dict[str, StoredObject] = {}
@@ -134,6 +134,17 @@ class BlobStore:
             f"BlobStore({where}, uploads={len(self._uploads)}, objects={len(self._objects)}, "
             f"requests={self._counters.requests}, faults={self._faults!r})"
         )
+
+    @property
+    def mode(self) -> StorageMode:
+        """The storage mode this store answers as (:mod:`.modes`)."""
+        return self._mode
+
+    @property
+    def required_put_headers(self) -> dict[str, str]:
+        """Headers every PUT must carry in this mode, for a control plane to hand its clients:
+        ``azure``: ``x-ms-blob-type: BlockBlob``; ``sse-c``: the customer key's three headers."""
+        return self._mode.client_headers()
 
     # ---- faults ----------------------------------------------------------------------------------
 
@@ -195,13 +206,17 @@ class BlobStore:
             raise RuntimeError("BlobStore.base_url is not set: start the sandbox server first")
         signed = signed_headers(headers)
         params = {} if part is None else {"uploadId": part[0], "partNumber": str(part[1])}
-        return self._signer.presign(self.base_url, key, params, expires_in, signed)
+        return self._mode.presign(self.base_url, key, params, expires_in, signed)
 
     # ---- multipart API ---------------------------------------------------------------------------
 
     def create_multipart(self, key: str) -> str:
         """Start a multipart upload of ``key``; return its upload id."""
         validate_key(key)
+        if not self._mode.multipart:
+            raise BlobError(
+                "NotImplemented", f"{self._mode.name} mode stores one PUT per blob: no multipart"
+            )
         upload_id = secrets.token_hex(16)
         if not self.discard:
             self._upload_dir(upload_id).mkdir(parents=True)
@@ -272,16 +287,8 @@ class BlobStore:
         return self._object_file(key)
 
     def stats(self) -> dict[str, Any]:
-        """Counters since start (or :meth:`reset_stats`), JSON-serialisable.
-
-        ``requests``: blob HTTP requests; ``responses``: by status; ``errors``: by S3 code;
-        ``bytes_received``: body bytes read (including drained and cut-off bodies);
-        ``bytes_stored``: bytes of accepted parts and objects; ``faults``: injected, by kind;
-        ``puts_by_part``: ``{key: {part_number: attempts}}`` for PUTs that passed the checks;
-        ``disconnects``: bodies cut short (client gone, or a ``reset``/``stall`` fault);
-        ``puts_in_flight`` / ``max_puts_in_flight``: PUTs past the checks whose answer is not
-        yet sent (now, and the most at once).
-        """
+        """Counters since start (or :meth:`reset_stats`), JSON-serialisable; the keys are
+        described in :mod:`.stats`."""
         return {
             **self._counters.report(),
             "uploads_open": len(self._uploads),
@@ -289,6 +296,7 @@ class BlobStore:
             "parts_stored": sum(len(u.parts) for u in self._uploads.values()),
             "objects": len(self._objects),
             "discard": self.discard,
+            **self._mode.describe(),
         }
 
     # ---- completion internals --------------------------------------------------------------------
@@ -316,7 +324,7 @@ class BlobStore:
             else [self._part_file(upload_id, p.number) for p in chosen],
             output=None if self.discard else self._new_tmp_path(),
             size=sum(part.size for part in chosen),
-            etag=composite_etag([part.digest for part in chosen]),
+            etag=self._mode.composite([part.etag_hex for part in chosen]),
         )
 
     def _fail_completion(self, job: Assembly, exc: BaseException) -> None:
@@ -382,7 +390,8 @@ class BlobStore:
         counters = self._counters
         counters.requests += 1
         self._request_seq += 1
-        request_id = f"{self._request_seq:016X}"
+        mode = self._mode
+        request_id = mode.request_id(self._request_seq)
         plan = self._faults
         if plan.latency > 0.0:
             await anyio.sleep(plan.latency)
@@ -393,19 +402,19 @@ class BlobStore:
                 request.query,
                 request.headers,
                 request.content_length,
-                signer=self._signer,
+                mode=mode,
                 limits=limits,
                 uploads=self._uploads,
             )
         except BlobError as exc:
-            return error_response(exc, request_id, counters)
+            return mode.error_response(exc, request_id, counters)
         fault = self._decide_fault(target, plan)
         counters.put_started()
         try:
             try:
                 response = await self._serve(request, target, fault, plan, request_id)
             except BlobError as exc:
-                response = error_response(exc, request_id, counters)
+                response = mode.error_response(exc, request_id, counters)
             # In flight until the answer is written (or the connection is found gone).
             with contextlib.suppress(ConnectionError):
                 await response.prepare(request)
@@ -414,7 +423,7 @@ class BlobStore:
         except ClientGoneError:
             # Nobody is listening: aiohttp drops this response quietly on the closed transport.
             counters.disconnects += 1
-            return web.Response(status=400, headers={"x-amz-request-id": request_id})
+            return web.Response(status=400, headers={mode.request_id_header: request_id})
         finally:
             counters.put_finished()
 
@@ -443,7 +452,7 @@ class BlobStore:
             await reader.drain(target.size)
             extra = {"Retry-After": f"{plan.retry_after:g}"} if fault == THROTTLE else {}
             error = BlobError(status_fault.code, status_fault.message, status_fault.status)
-            return error_response(error, request_id, self._counters, extra)
+            return self._mode.error_response(error, request_id, self._counters, extra)
         if fault in (RESET, STALL):
             await reader.drain(target.size // 2)
             if fault == STALL:
@@ -451,15 +460,19 @@ class BlobStore:
             abort_connection(request)
             raise ClientGoneError
         tmp = None if self.discard else self._new_tmp_path()
-        digest = await reader.receive(target, tmp)
+        checksum = self._mode.body_checksum()
+        digest = await reader.receive(target, tmp, checksum)
         etag = self._commit(target, digest, tmp)
         if fault == BAD_ETAG:
             etag = wrong_etag(digest)
-        self._counters.responses[200] += 1
-        return web.Response(status=200, headers={"ETag": etag, "x-amz-request-id": request_id})
+        status, headers = self._mode.answer(target, digest, etag, checksum)
+        self._counters.responses[status] += 1
+        headers[self._mode.request_id_header] = request_id
+        return web.Response(status=status, headers=headers)
 
     def _commit(self, target: PutTarget, digest: bytes, tmp: Path | None) -> str:
         """Make a fully received body visible (atomically); return its quoted ETag."""
+        etag = self._mode.etag(digest, target)
         if target.upload_id is not None:
             upload = self._uploads.get(target.upload_id)
             if upload is None or upload.completing:  # aborted or completed meanwhile
@@ -468,13 +481,13 @@ class BlobStore:
                 raise no_such_upload()
             if tmp is not None:
                 tmp.replace(self._part_file(target.upload_id, target.part_number))
-            part = Part(number=target.part_number, size=target.size, digest=digest)
+            part = Part(target.part_number, target.size, digest, unquoted(etag))
             upload.parts[target.part_number] = part
         else:
             if tmp is not None:
                 tmp.replace(self._object_file(target.key))
             self._objects[target.key] = StoredObject(
-                key=target.key, size=target.size, etag=quoted(digest.hex()), md5=digest.hex()
+                key=target.key, size=target.size, etag=etag, md5=digest.hex()
             )
         self._counters.bytes_stored += target.size
-        return quoted(digest.hex())
+        return etag

@@ -173,7 +173,10 @@ class ImportResolvers(SessionBook):
         self._require_open(session)
         if file.status != "PENDING":
             raise ApiError(INVALID, f"file {file.client_id!r} is already {file.status}")
-        file.upload_id = self.store.create_multipart(file.key)
+        try:
+            file.upload_id = self.store.create_multipart(file.key)
+        except BlobError as exc:  # e.g. a blob store in azure mode, which has no multipart
+            raise ApiError(INVALID, f"the storage refused the upload: {exc.message}") from None
         file.status = "STARTED"
         session.modified = now()
         return file_view(file)

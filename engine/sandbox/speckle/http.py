@@ -6,9 +6,12 @@ Rules this module keeps:
   (or not ``application/json``) → 400 ``BAD_REQUEST``; a syntax error → 400
   ``GRAPHQL_PARSE_FAILED``; a document the schema refuses → 400 ``GRAPHQL_VALIDATION_FAILED``;
   an unknown or ambiguous operation → 400 ``OPERATION_RESOLUTION_FAILURE``; variables that do
-  not fit their types → 200 ``BAD_USER_INPUT`` (no ``data``); resolver errors → 200, ``data``
-  nulled as the schema's nullability dictates and ``errors[].extensions.code`` set (a resolver
-  error without a code is ``INTERNAL_SERVER_ERROR``).
+  not fit their types → 400 ``BAD_USER_INPUT`` (no ``data``: the server sets Apollo's
+  ``status400ForVariableCoercionErrors: true``, ``packages/server/app.ts``); resolver errors →
+  200, ``data`` nulled as the schema's nullability dictates and ``errors[].extensions`` holding
+  ``code`` and ``statusCode`` (a resolver error without a code is ``INTERNAL_SERVER_ERROR``).
+* Errors are formatted as ``buildErrorFormatter`` does (``modules/core/graph/setup.ts``):
+  ``message``, ``locations``, ``path``, ``extensions``; no stack trace (production).
 * Every operation that runs is counted by name (``(anonymous)`` without one).
 """
 
@@ -39,7 +42,7 @@ from engine.sandbox.speckle.errors import (
 )
 from engine.sandbox.speckle.records import Caller
 
-__all__ = ["run_request"]
+__all__ = ["format_error", "run_request"]
 
 
 async def run_request(
@@ -57,10 +60,10 @@ async def run_request(
     try:
         document = parse(query)
     except GraphQLError as exc:
-        return 400, _errors_payload([_formatted(exc, GRAPHQL_PARSE_FAILED)])
+        return 400, _errors_payload([format_error(exc, GRAPHQL_PARSE_FAILED)])
     problems = validate(schema, document)
     if problems:
-        return 400, _errors_payload([_formatted(e, GRAPHQL_VALIDATION_FAILED) for e in problems])
+        return 400, _errors_payload([format_error(e, GRAPHQL_VALIDATION_FAILED) for e in problems])
     operation = get_operation_ast(document, operation_name)
     if operation is None:
         message = (
@@ -80,11 +83,11 @@ async def run_request(
     result = await outcome if inspect.isawaitable(outcome) else outcome
     assert isinstance(result, ExecutionResult)
     if result.data is None and result.errors and all(not e.path for e in result.errors):
-        # Variable coercion failed: nothing ran (Apollo 4: 200 BAD_USER_INPUT, no data).
-        return 200, _errors_payload([_formatted(e, BAD_USER_INPUT) for e in result.errors])
+        # Variable coercion failed: nothing ran (status400ForVariableCoercionErrors).
+        return 400, _errors_payload([format_error(e, BAD_USER_INPUT) for e in result.errors])
     payload: dict[str, Any] = {}
     if result.errors:
-        payload["errors"] = [_formatted(e, INTERNAL_SERVER_ERROR) for e in result.errors]
+        payload["errors"] = [format_error(e, INTERNAL_SERVER_ERROR) for e in result.errors]
     payload["data"] = result.data
     return 200, payload
 
@@ -119,7 +122,8 @@ def _plain_error(message: str, code: str) -> dict[str, Any]:
     return {"message": message, "extensions": {"code": code}}
 
 
-def _formatted(error: GraphQLError, default_code: str) -> dict[str, Any]:
+def format_error(error: GraphQLError, default_code: str) -> dict[str, Any]:
+    """``error`` as the server formats it; ``default_code`` if it carries no code."""
     out: dict[str, Any] = {"message": error.message}
     if error.locations:
         out["locations"] = [{"line": loc.line, "column": loc.column} for loc in error.locations]

@@ -1,36 +1,41 @@
-"""An ingestion's life: its fields, its status at any instant, and the content check that ends it.
+"""An ingestion's life: its fields, its status at any instant, and how a file upload shows it.
 
 Rules this module keeps:
 
-* **Ingestion life** is a pure function of the time since ``startFileIngestion``:
-  ``queued`` during the first ``step_delay``, then ``processing`` for ``processing_steps`` steps
-  of ``step_delay`` each (``progress`` = k/(steps+1), rising), then terminal; with
-  ``step_delay=0`` terminal at once.
-* **The content check** (may block: it reads the file): ``.ifc`` needs the ``ISO-10303-21;``
-  header, ``.e57`` must pass :func:`engine.sandbox.e57.validate_e57`, any other extension fails
-  as unsupported (in discard mode, with no bytes kept, the extension alone decides). A file that
-  cannot be read fails with the reason.
+* **Ingestion life** is a pure function of the time since ``startFileIngestion`` (or
+  ``startFileImport``, or the legacy REST upload): ``queued`` during the first ``step_delay``,
+  then ``processing`` for ``processing_steps`` steps of ``step_delay`` each (``progress`` =
+  k/(steps+1), rising), then terminal; with ``step_delay=0`` terminal at once. The content check
+  that decides the verdict is :func:`.formats.check_blob`.
 * An ingestion's ``updatedAt`` is its ``createdAt``, and cancellation is never requested;
   ``statusData`` is resolved when asked for, from the time (the mutation's own answer: queued).
 * A terminal verdict maps to one status: success (with its version), failed/timeout (with
   ``errorReason``), cancelled (``cancellationMessage``) or invalidInput (``validationMessage``).
+* **A file upload** (v2, ``FileUpload``, ``packages/server/assets/fileuploads/typedefs``) shows the
+  same life as ``convertedStatus`` 0 = queued, 1 = processing, 2 = success, 3 = error (any other
+  terminal status); ``convertedMessage`` is ``File converted successfully`` on success (the
+  importer's words, ``packages/fileimport-service/src/controller/daemon.ts``), the reason on error,
+  null before; ``fileType`` is the extension lower-cased (``saveUploadFileFactoryV2``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from engine.sandbox.ifc import is_ifc_header
-from engine.sandbox.speckle.records import IngestionRecord, StatusSnapshot, Verdict
+from engine.sandbox.speckle.formats import extension_of
+from engine.sandbox.speckle.records import IngestionRecord, ModelRecord, StatusSnapshot, Verdict
+from engine.sandbox.speckle.views import model_view
 
 __all__ = [
-    "check_blob",
+    "file_upload_view",
     "ingestion_phase",
     "ingestion_view",
     "snapshot_for_phase",
     "terminal_snapshot",
 ]
+
+CONVERTED_STATUS: Final = {"queued": 0, "processing": 1, "success": 2}
+CONVERTED_ERROR: Final = 3
 
 
 def ingestion_view(ingestion: IngestionRecord) -> dict[str, Any]:
@@ -40,9 +45,46 @@ def ingestion_view(ingestion: IngestionRecord) -> dict[str, Any]:
         "id": ingestion.id,
         "modelId": ingestion.model_id,
         "projectId": ingestion.project_id,
+        "userId": ingestion.user_id,
         "createdAt": created,
         "updatedAt": created,  # the sandbox never reports an update
         "cancellationRequested": False,
+    }
+
+
+def file_upload_view(
+    upload: IngestionRecord, snapshot: StatusSnapshot, model: ModelRecord
+) -> dict[str, Any]:
+    """The fields of a ``FileUpload`` (``model`` included) at ``snapshot``."""
+    version_id = snapshot.version_id if snapshot.status == "success" else None
+    if snapshot.status == "success":
+        message: str | None = "File converted successfully"
+    elif snapshot.terminal:
+        message = snapshot.error_reason or snapshot.cancellation_message
+        message = message or snapshot.validation_message
+    else:
+        message = None
+    updated = upload.settled_at or upload.created_at
+    return {
+        "id": upload.id,
+        "projectId": upload.project_id,
+        "streamId": upload.project_id,
+        "modelName": model.name,
+        "branchName": model.name,
+        "convertedCommitId": version_id,
+        "convertedVersionId": version_id,
+        "userId": upload.user_id,
+        "convertedStatus": CONVERTED_STATUS.get(snapshot.status, CONVERTED_ERROR),
+        "convertedMessage": message,
+        "fileName": upload.file_name,
+        "fileType": extension_of(upload.file_name).lower(),
+        "fileSize": upload.file_size or 0,
+        "uploadComplete": True,
+        "uploadDate": upload.created_at,
+        "convertedLastUpdate": updated,
+        "modelId": upload.model_id,
+        "updatedAt": updated,
+        "model": model_view(model),
     }
 
 
@@ -76,35 +118,3 @@ def terminal_snapshot(verdict: Verdict, version_id: str | None) -> StatusSnapsho
     if verdict.status == "cancelled":
         return StatusSnapshot("cancelled", cancellation_message=message)
     return StatusSnapshot("invalidInput", validation_message=message)
-
-
-def check_blob(path: Path | None, file_name: str) -> str | None:
-    """Why the stored file cannot be imported, or ``None`` if it can. May block (reads the file).
-
-    ``path`` is ``None`` in discard mode: then only the extension is judged.
-    """
-    ext = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
-    if ext not in ("ifc", "e57"):
-        return f"Unsupported file type '.{ext}': this server imports IFC and E57 files"
-    if path is None:
-        return None
-    try:
-        with path.open("rb") as f:
-            first = f.read(64)
-    except OSError as exc:
-        return f"The uploaded file could not be read: {exc.strerror or exc}"
-    if ext == "ifc":
-        if is_ifc_header(first):
-            return None
-        return f"{file_name} is not an IFC file: it does not start with ISO-10303-21;"
-    try:
-        from engine.sandbox.e57 import E57Error, validate_e57
-    except ImportError:  # pragma: no cover - the E57 module ships with the sandbox
-        return "E57 files cannot be checked by this sandbox"
-    try:
-        validate_e57(path)
-    except E57Error as exc:
-        return f"{file_name} is not a valid E57 file: {exc.reason}"
-    except OSError as exc:
-        return f"The uploaded file could not be read: {exc.strerror or exc}"
-    return None

@@ -1,45 +1,46 @@
-"""The Speckle control plane's front: ``POST /graphql``, and the life of each ingestion.
+"""The Speckle control plane's front: its routes, and the order at the door of each.
 
-Rules this module keeps, each one the real server's unless marked:
+Rules this module keeps, each one the real server's unless marked (``packages/server/app.ts``):
 
-* **Order at the door.** Every ``POST /graphql`` passes the rate limiter first (sandbox rule:
-  every ``rate_limit_every``-th request, counted from 1, gets HTTP 429 with a fractional
-  ``Retry-After``), then authentication: ``Authorization: Bearer <token>`` naming a configured
-  token, else HTTP 403 ``{"error": "Your token is not valid."}`` before any GraphQL runs; then
-  the request is executed (:mod:`.http`).
-* **Ingestion life** is a pure function of the time since ``startFileIngestion`` (``clock``;
-  see :mod:`.ingestion`). The terminal verdict is decided once, by the first status query that
-  needs it: a forced status (``force_status`` or the first matching ``status_rules`` pattern) or
-  else the content check, run in a worker thread (the store may download the object first).
-  While one request checks, others see the last processing step. A successful ingestion creates
-  exactly one version of its model, and makes that model the most recently updated.
-* **No background tasks.** Nothing runs between requests, so there is nothing to cancel at
-  shutdown; all state belongs to the event loop thread.
+* **Routes.** ``POST /graphql`` (:mod:`.http`), ``GET /graphql`` (the subscription socket,
+  :mod:`.live`; v3 only, the only API with a subscription the sandbox serves; the socket server
+  takes the HTTP upgrade before express, so neither the limiter nor the token check applies to
+  it: ``buildApolloSubscriptionServer``), and, for the
+  public server's APIs (v2, legacy), ``POST /api/file/{fileType}/{projectId}[/{modelName}]``
+  (:mod:`.rest`; app.speckle.systems has none: "the old REST upload is gone").
+* **Order at the door** (the express middleware order of ``init()``): the rate limiter first
+  (:mod:`.ratelimit`; ``createRateLimiterMiddleware`` comes before ``authContextMiddleware``),
+  then the token: no ``Authorization`` at all is an anonymous caller (``createAuthContextFromToken``
+  lets it through; the resolvers refuse what it may not do), one that names no configured token
+  is HTTP 403 ``{"error": "Your token is not valid."}`` before any GraphQL runs. The header's
+  first ``Bearer `` is removed (``getTokenFromRequest``), so ``Basic x`` is an invalid token.
+* **Fault injection** (sandbox rule): with ``rate_limit_every``, every N-th ``POST /graphql``
+  (counted from 1) gets the real 429 with ``Retry-After: <retry_after>``.
+* A request that passes the limiter carries ``X-RateLimit-Remaining``
+  (``createRateLimiterMiddleware``).
 """
 
 from __future__ import annotations
 
-import secrets
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Mapping
 from time import monotonic
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar, overload
 
-import anyio.to_thread
 from aiohttp import web
 
 from engine.sandbox.blobstore import BlobStore
 from engine.sandbox.responses import json_response
-from engine.sandbox.speckle.config import FORCED_MESSAGES, SpeckleSandboxConfig
-from engine.sandbox.speckle.errors import INVALID_TOKEN_BODY, RATE_LIMITED_MESSAGE
+from engine.sandbox.speckle.config import SpeckleSandboxConfig
+from engine.sandbox.speckle.errors import INVALID_TOKEN_BODY
+from engine.sandbox.speckle.fileuploads import FileUploadResolvers
 from engine.sandbox.speckle.http import run_request
-from engine.sandbox.speckle.ingestion import (
-    check_blob,
-    ingestion_phase,
-    snapshot_for_phase,
-    terminal_snapshot,
+from engine.sandbox.speckle.ratelimit import (
+    GRAPHQL_ACTION,
+    RateLimiter,
+    rate_limited_response,
+    source_of,
 )
 from engine.sandbox.speckle.records import (
     BlobRecord,
@@ -48,16 +49,15 @@ from engine.sandbox.speckle.records import (
     IngestionRecord,
     ModelRecord,
     StatusSnapshot,
-    Verdict,
     VersionRecord,
-    now,
 )
-from engine.sandbox.speckle.resolvers import SpeckleResolvers
 from engine.sandbox.speckle.schema import build_schema
+from engine.sandbox.speckle.state import user_id_of
 
 __all__ = ["SpecklePlane"]
 
 _V = TypeVar("_V")
+Handler = Callable[[web.Request, Caller], Awaitable[web.StreamResponse]]
 
 
 class _ReadOnly(Generic[_V]):
@@ -76,18 +76,18 @@ class _ReadOnly(Generic[_V]):
         return MappingProxyType(getattr(obj, self._attribute))
 
 
-class SpecklePlane(SpeckleResolvers):
-    """The Speckle control plane: ``register(app)`` adds ``POST /graphql``.
+class SpecklePlane(FileUploadResolvers):
+    """The Speckle control plane: ``register(app)`` adds its routes.
 
-    Sizes in bytes, times in seconds. ``clock`` (monotonic seconds) drives ingestion progress.
-    The mappings it exposes (``projects``, ``models``, ``blobs``, ``ingestions``, ``versions``,
-    ``calls``, ``ingested_md5``) are read-only views for tests.
+    Sizes in bytes, times in seconds. ``clock`` (monotonic seconds) drives ingestion progress and
+    the rate limiter. The mappings it exposes (``projects``, ``models``, ``blobs``,
+    ``ingestions``, ``versions``, ``calls``, ``ingested_md5``) are read-only views for tests.
     """
 
     projects = _ReadOnly[Mapping[str, Any]]()
     models = _ReadOnly[ModelRecord]()
     blobs = _ReadOnly[BlobRecord]()  # by fileId
-    ingestions = _ReadOnly[IngestionRecord]()
+    ingestions = _ReadOnly[IngestionRecord]()  # ingestions (v3) and file uploads (v2)
     versions = _ReadOnly[VersionRecord]()
 
     def __init__(
@@ -100,17 +100,29 @@ class SpecklePlane(SpeckleResolvers):
         super().__init__(config if config is not None else SpeckleSandboxConfig(), store, clock)
         resolvers = self._resolvers()
         resolvers["ModelIngestion"] = {"statusData": self._ingestion_status_data}
-        self._schema = build_schema(self.config.strict_status_union, resolvers)
-        self._judging: set[str] = set()
+        resolvers["Subscription"] = self._subscriptions()
+        self._schema = build_schema(self.config.api, self.config.status_interface, resolvers)
+        rate = self.config.rate_limit_per_second
+        self._limiter = None if rate is None else RateLimiter(rate, self.config.rate_limit_burst)
         self._operations: Counter[str] = Counter()
         self._http: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return (
-            f"SpecklePlane(projects={len(self._projects)}, models={len(self._models)}, "
-            f"blobs={len(self._blobs)}, ingestions={len(self._ingestions)}, "
-            f"versions={len(self._versions)}, requests={self._http['requests']})"
+            f"SpecklePlane({self.config.api}, projects={len(self._projects)}, "
+            f"models={len(self._models)}, blobs={len(self._blobs)}, "
+            f"ingestions={len(self._ingestions)}, versions={len(self._versions)}, "
+            f"requests={self._http['requests']})"
         )
+
+    def _subscriptions(self) -> dict[str, Any]:
+        """The ``Subscription`` fields' subscribe functions (:mod:`.live`)."""
+        from engine.sandbox.speckle.live import ingestion_updates
+
+        async def subscribe(_root: Any, info: Info, input: Mapping[str, Any]) -> Any:
+            return await ingestion_updates(self, info, input)
+
+        return {"projectModelIngestionUpdated": subscribe}
 
     # ---- what tests look at ----------------------------------------------------------------------
 
@@ -138,10 +150,14 @@ class SpecklePlane(SpeckleResolvers):
             snapshot = self._known_status(record)
             ingestion_states[snapshot.status] += 1
         return {
+            "api": self.config.api,
             "requests": self._http["requests"],
             "rate_limited": self._http["rate_limited"],
             "unauthenticated": self._http["unauthenticated"],
             "bad_requests": self._http["bad_requests"],
+            "websockets": self._http["websockets"],
+            "subscriptions": self._http["subscriptions"],
+            "rest_uploads": self._http["rest_uploads"],
             "calls": dict(self._calls),
             "operations": dict(self._operations),
             "projects": len(self._projects),
@@ -154,23 +170,73 @@ class SpecklePlane(SpeckleResolvers):
     # ---- HTTP ------------------------------------------------------------------------------------
 
     def register(self, app: web.Application) -> None:
-        """Add ``POST /graphql`` to ``app``."""
-        app.router.add_post("/graphql", self.handle_graphql)
+        """Add the plane's routes to ``app`` (see the module docstring)."""
+        from engine.sandbox.speckle.live import handle_socket
+        from engine.sandbox.speckle.rest import handle_legacy_upload
 
-    async def handle_graphql(self, request: web.Request) -> web.Response:
-        self._http["requests"] += 1
+        app.router.add_post("/graphql", self._door(self._graphql, GRAPHQL_ACTION))
+        if self.config.api == "v3":
+            # The socket server answers the HTTP upgrade itself, before express: no door.
+            app.router.add_get("/graphql", lambda request: handle_socket(self, request))
+        else:
+
+            async def upload(request: web.Request, caller: Caller) -> web.StreamResponse:
+                return await handle_legacy_upload(self, request, caller)
+
+            door = self._door(upload, "ALL_REQUESTS")
+            app.router.add_post("/api/file/{fileType}/{projectId}", door)
+            app.router.add_post("/api/file/{fileType}/{projectId}/{modelName}", door)
+
+    def _door(
+        self, handler: Handler, action: str
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler`` behind the rate limiter and the token check, in the server's order."""
+
+        async def at_the_door(request: web.Request) -> web.StreamResponse:
+            self._http["requests"] += 1
+            header = request.headers.get("Authorization")
+            refused, remaining = self._limit(action, source_of(header, request.remote))
+            if refused is not None:
+                return refused
+            caller = self.authenticate(header)
+            if caller is None:
+                self._http["unauthenticated"] += 1
+                return json_response(INVALID_TOKEN_BODY, status=403)
+            response = await handler(request, caller)
+            if remaining is not None and not response.prepared:
+                response.headers["X-RateLimit-Remaining"] = str(remaining)
+            return response
+
+        return at_the_door
+
+    def _limit(self, action: str, source: str) -> tuple[web.Response | None, int | None]:
+        """A 429 if the request is refused, else ``None``; and the points left (if limited)."""
         every = self.config.rate_limit_every
-        if every is not None and self._http["requests"] % every == 0:
+        if action == GRAPHQL_ACTION and every is not None:
+            self._http["graphql_posts"] += 1
+            if self._http["graphql_posts"] % every == 0:
+                self._http["rate_limited"] += 1
+                return rate_limited_response(round(self.config.retry_after * 1000)), None
+        if self._limiter is None:
+            return None, None
+        outcome = self._limiter.consume(action, source, self._clock())
+        if not outcome.allowed:
             self._http["rate_limited"] += 1
-            return json_response(
-                {"err": RATE_LIMITED_MESSAGE},
-                status=429,
-                headers={"Retry-After": f"{self.config.retry_after:g}"},
-            )
-        caller = self._authenticate(request.headers.get("Authorization"))
-        if caller is None:
-            self._http["unauthenticated"] += 1
-            return json_response(INVALID_TOKEN_BODY, status=403)
+            return rate_limited_response(outcome.ms_before_next), None
+        return None, outcome.remaining
+
+    def authenticate(self, header: str | None) -> Caller | None:
+        """The caller an ``Authorization`` header names: anonymous without one, ``None`` for a
+        token that is not valid."""
+        if not header:
+            return Caller(frozenset())
+        token = header.replace("Bearer ", "", 1)
+        if token.startswith("Bearer "):
+            token = token.split(" ")[1]
+        projects = self.config.tokens.get(token)
+        return None if projects is None else Caller(frozenset(projects), user_id_of(token))
+
+    async def _graphql(self, request: web.Request, caller: Caller) -> web.Response:
         body = await request.read()
         status, payload = await run_request(
             self._schema, body, request.content_type, caller, self._operations
@@ -179,85 +245,21 @@ class SpecklePlane(SpeckleResolvers):
             self._http["bad_requests"] += 1
         return json_response(payload, status=status)
 
-    def _authenticate(self, header: str | None) -> Caller | None:
-        scheme, _, token = (header or "").strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return None
-        projects = self.config.tokens.get(token.strip())
-        return None if projects is None else Caller(frozenset(projects))
+    def count(self, what: str) -> None:
+        """Count an event of the plane's other routes (``websockets``, ``rest_uploads``…)."""
+        self._http[what] += 1
+
+    @property
+    def schema(self) -> Any:
+        """The GraphQL schema client documents run against."""
+        return self._schema
 
     # ---- ingestion status ------------------------------------------------------------------------
 
     async def _ingestion_status_data(
         self, parent: Mapping[str, Any], _info: Info
     ) -> dict[str, Any]:
-        if "statusData" in parent:  # the mutation's own answer: always queued
+        if "statusData" in parent:  # the mutation's own answer, or a subscription's event
             return dict(parent["statusData"])
         snapshot = await self._status(self._ingestions[parent["id"]])
         return snapshot.to_graphql()
-
-    def _phase(self, record: IngestionRecord) -> int:
-        return ingestion_phase(
-            self._clock() - record.started,
-            step_delay=self.config.step_delay,
-            steps=self.config.processing_steps,
-        )
-
-    def _known_status(self, record: IngestionRecord) -> StatusSnapshot:
-        """The status without deciding anything: a due but undecided verdict shows as the last
-        processing step."""
-        steps = self.config.processing_steps
-        if record.verdict is not None:
-            return terminal_snapshot(record.verdict, record.version_id)
-        phase = min(self._phase(record), steps)
-        return snapshot_for_phase(phase, steps=steps, file_name=record.file_name)
-
-    async def _status(self, record: IngestionRecord) -> StatusSnapshot:
-        if record.verdict is not None or self._phase(record) <= self.config.processing_steps:
-            return self._known_status(record)
-        if record.id in self._judging:  # another request is checking the file right now
-            return self._known_status(record)
-        self._judging.add(record.id)
-        try:
-            verdict = await self._judge(record)
-        finally:
-            self._judging.discard(record.id)
-        return self._known_status(self._settle(record.id, verdict))
-
-    async def _judge(self, record: IngestionRecord) -> Verdict:
-        if record.forced is not None:
-            return Verdict(record.forced, FORCED_MESSAGES[record.forced])
-        key = self._blobs[record.file_id].key
-
-        def check() -> str | None:  # object_path may download (S3 storage): off the loop
-            return check_blob(self.store.object_path(key), record.file_name)
-
-        reason = await anyio.to_thread.run_sync(check)
-        return Verdict("success") if reason is None else Verdict("failed", reason)
-
-    def _settle(self, ingestion_id: str, verdict: Verdict) -> IngestionRecord:
-        record = self._ingestions[ingestion_id]
-        if record.verdict is not None:
-            return record
-        version_id = None
-        if verdict.status == "success":
-            version_id = self._new_id(self._versions)
-            moment = now()
-            ext = record.file_name.rsplit(".", 1)[-1].upper()
-            self._versions[version_id] = VersionRecord(
-                id=version_id,
-                project_id=record.project_id,
-                model_id=record.model_id,
-                ingestion_id=record.id,
-                file_id=record.file_id,
-                referenced_object=secrets.token_hex(16),
-                message=f"Imported from {record.file_name}",
-                source_application=ext,
-                created_at=moment,
-            )
-            self._order += 1
-            model = self._models[record.model_id]
-            self._models[model.id] = replace(model, updated_at=moment, order=self._order)
-        record = replace(record, verdict=verdict, version_id=version_id)
-        self._ingestions[ingestion_id] = record
-        return record

@@ -3,7 +3,10 @@
 Rules this module keeps:
 
 * **Records are frozen**; the plane replaces them as state changes, on the event loop thread.
-* **Model names** are trimmed, must not be empty (``Branch name is required``) or start with
+* **Model names** (``modules/core/graph/resolvers/models.ts``, ``ModelMutations.create``, and
+  ``validateBranchName``/``createBranchFactory`` in ``modules/core/repositories/branches.ts``):
+  the input is split on ``/``, each part trimmed, empty parts dropped (:func:`sanitize_model_name`);
+  the name is stored lower-cased; it must not be empty (``Model name is required``) or start with
   ``#``/``$``, start or end with ``/``, contain ``//``, ``,`` or ``\\`` (``BRANCH_NAME_ERROR``).
 * **Status types.** ``success`` → ``ModelIngestionSuccessStatus``; ``failed`` and ``timeout`` →
   ``ModelIngestionFailedStatus``; ``cancelled`` → ``ModelIngestionCancelledStatus``;
@@ -35,6 +38,7 @@ __all__ = [
     "VersionRecord",
     "check_model_name",
     "now",
+    "sanitize_model_name",
 ]
 
 ForcedStatus = Literal["failed", "cancelled", "timeout", "invalidInput"]
@@ -43,15 +47,21 @@ ForcedStatus = Literal["failed", "cancelled", "timeout", "invalidInput"]
 TerminalStatus = Literal["success", "failed", "cancelled", "timeout", "invalidInput"]
 
 _BRANCH_NAME_RULE: Final = (
-    'Branch names cannot start with "#", "$", start or end with "/", have multiple slashes next '
+    'Model names cannot start with "#", "$", start or end with "/", have multiple slashes next '
     'to each other (e.g., "//") or contain commas or backwards slashes.'
 )
 
 
+def sanitize_model_name(name: str) -> str:
+    """``ModelMutations.create``'s input name: parts between ``/`` trimmed, empty parts dropped."""
+    return "/".join(part.strip() for part in name.split("/") if part.strip())
+
+
 def check_model_name(name: str) -> None:
-    """``BRANCH_NAME_ERROR`` unless ``name`` (already trimmed) is a valid model name."""
+    """``BRANCH_NAME_ERROR`` unless ``name`` is a valid model name (``validateBranchName``)."""
+    name = name.strip()
     if not name:
-        raise SpeckleApiError(BRANCH_NAME_ERROR, "Branch name is required")
+        raise SpeckleApiError(BRANCH_NAME_ERROR, "Model name is required")
     if (
         name.startswith(("/", "#", "$"))
         or name.endswith("/")
@@ -68,9 +78,15 @@ def now() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Who is asking: the token's projects."""
+    """Who is asking: the token's projects and its user (``user_id`` None: no token at all, an
+    anonymous caller, as ``createAuthContextFromToken`` lets through)."""
 
     projects: frozenset[str]
+    user_id: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.user_id is None
 
 
 Info: TypeAlias = "GraphQLResolveInfo[Caller]"
@@ -101,6 +117,7 @@ class BlobRecord:
     file_name: str
     key: str
     created_at: str
+    user_id: str
     status: Literal["pending", "completed", "error"] = "pending"
     upload_error: str | None = None
     size: int | None = None
@@ -118,8 +135,9 @@ class Verdict:
 
 @dataclass(frozen=True, slots=True)
 class IngestionRecord:
-    """One ingestion. ``started`` is a ``clock()`` reading (seconds); ``verdict`` and
-    ``version_id`` are set once the terminal status has been decided."""
+    """One ingestion (``kind="ingestion"``, v3) or file upload (``kind="upload"``, v2: its id is
+    the blob's). ``started`` is a ``clock()`` reading (seconds); ``verdict`` and ``version_id``
+    are set once the terminal status has been decided; ``settled_at`` is when (RFC 3339)."""
 
     id: str
     project_id: str
@@ -129,8 +147,12 @@ class IngestionRecord:
     started: float
     created_at: str
     forced: ForcedStatus | None
+    user_id: str
+    kind: Literal["ingestion", "upload"] = "ingestion"
+    file_size: int | None = None
     verdict: Verdict | None = None
     version_id: str | None = None
+    settled_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
