@@ -309,8 +309,15 @@ def run_crt(args: argparse.Namespace) -> float:
     return time.perf_counter() - t0
 
 
+def run_cluster(args: argparse.Namespace) -> float:
+    from benchmarks.cluster import run_cluster as run
+
+    return run(args)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], float]] = {
     "engine": run_engine,
+    "cluster": run_cluster,
     "sendfile": run_sendfile,
     "requests": run_requests,
     "boto3": run_boto3,
@@ -332,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", choices=("presigned", "s3"), default="presigned")
     p.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     p.add_argument("--ca", default=None)
+    p.add_argument("--workers", type=int, default=0, help="cluster: Dask workers (0: in-process)")
+    p.add_argument("--bwlimit", type=float, default=0.0, help="cluster: bytes/s per process")
     args = p.parse_args(argv)
     if args.ca:
         ssl.create_default_context(cafile=args.ca)  # fail early on a bad bundle

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cluster import targets as cluster_targets
+
 Row = dict[str, Any]
 
 
@@ -75,6 +77,7 @@ def evaluate_targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
                     f"{best['contender']} {best['median_gbps']:.2f} GB/s",
                 )
             )
+    out.extend(cluster_targets(list(rows)))  # benchmarks/cluster.py
     tls_peers = [r for r in _rows(rows, "mp-https") if r["group"] == "peer"]
     tls_eng = [r for r in _rows(rows, "mp-https") if r["group"] == "engine"]
     if tls_peers and tls_eng:

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cluster import cases as cluster_cases
+from benchmarks.cluster import plot as cluster_plot
 from benchmarks.report import evaluate_targets, markdown, plot
 
 ROOT = Path(__file__).resolve().parent
@@ -429,6 +431,7 @@ def build_cases(data: dict[str, Path], quick: bool) -> list[Case]:
                     (eng_on,),
                 )
             )
+    cases += cluster_cases(Contender, Case, big)  # benchmarks/cluster.py
     if not quick:
         cases.append(
             Case(
@@ -617,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         try:
             plot(result, args.out / "latest.png")
+            cluster_plot(result, args.out / "cluster.png")
         except ImportError:
             print("matplotlib is not installed: no plot (pip install '.[bench]')")
     return 0 if all(s.ok for s in samples) else 1

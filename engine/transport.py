@@ -298,6 +298,12 @@ def _transport_reason(exc: BaseException) -> str:
     return redact(f"{name}: {text}" if text else name)
 
 
+def _headers_of(request: PartRequest) -> tuple[dict[str, str], str]:
+    """The request's headers, and its content type (``application/octet-stream`` if none)."""
+    kinds = (v for k, v in request.headers if k.lower() == "content-type")
+    return dict(request.headers), next(kinds, "application/octet-stream")
+
+
 async def put_range(
     session: aiohttp.ClientSession,
     request: PartRequest,
@@ -307,18 +313,15 @@ async def put_range(
     chunk_size: int,
     stall_timeout: float,
     on_progress: Callable[[int], None],
-    body_out: list[RangeBody] | None = None,
     md5: bool = True,
     zero_copy: bool = True,
     tls: ssl.SSLContext | None = None,
     throttle: Throttle | None = None,
 ) -> PutOutcome:
     """Send one part; return its ETag and MD5, or raise ``AttemptFailed`` / ``InputError``.
-
-    ``body_out`` receives the body so the caller can read ``sent`` after a failure.
-    ``md5=False`` skips hashing (``PutOutcome.md5`` is then ``""``); ``zero_copy=False``
-    forbids the ``sendfile(2)`` path; ``tls`` replaces the session's TLS context for this
-    request (a destination with its own CA bundle); ``throttle`` caps the send rate."""
+    ``md5=False`` skips hashing (``PutOutcome.md5`` is then ``""``); ``zero_copy=False`` forbids
+    ``sendfile(2)``; ``tls`` replaces the session's TLS context (a destination's own CA bundle);
+    ``throttle`` caps the send rate. Bytes sent are reported through ``on_progress``."""
     check_put_size(request, part)
     with anyio.CancelScope(deadline=anyio.current_time() + stall_timeout) as stall:
 
@@ -326,11 +329,7 @@ async def put_range(
             stall.deadline = anyio.current_time() + stall_timeout
             on_progress(n)
 
-        headers = {k: v for k, v in request.headers}
-        content_type = next(
-            (v for k, v in request.headers if k.lower() == "content-type"),
-            "application/octet-stream",
-        )
+        headers, content_type = _headers_of(request)
         body = RangeBody(
             fd,
             part,
@@ -341,8 +340,6 @@ async def put_range(
             zero_copy=zero_copy,
             throttle=throttle,
         )
-        if body_out is not None:
-            body_out.append(body)
         try:
             async with session.request(
                 request.method,

@@ -53,8 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
         command.register(sub)
     for name, command_parser in sub.choices.items():
         if name != "completion":
-            add_global_options(command_parser, sub=True)
+            _add_everywhere(command_parser)
     return parser
+
+
+def _add_everywhere(parser: argparse.ArgumentParser) -> None:
+    """The global options on ``parser`` and on every parser below it (``config show``)."""
+    add_global_options(parser, sub=True)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _add_everywhere(nested)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

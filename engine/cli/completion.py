@@ -114,12 +114,12 @@ def _bash(cmds: list[Command]) -> str:
     fn = "_upload_engine"
     cases, values = [], []
     for c in cmds:
-        words = [o for opt in c.options for o in opt.flags]
-        words += [
-            s.path[-1] for s in cmds if s.path[:-1] == c.path and len(s.path) == len(c.path) + 1
-        ]
+        words = " ".join(o for opt in c.options for o in opt.flags)
+        subs = " ".join(
+            s.path[-1] for s in cmds if len(s.path) == len(c.path) + 1 and s.path[:-1] == c.path
+        )
         cases.append(
-            f'        "{" ".join(c.path)}") words="{" ".join(words)}"; files={int(c.files)};;'
+            f'        "{" ".join(c.path)}") words="{words}"; subs="{subs}"; files={int(c.files)};;'
         )
     for opt in {o.flags[-1]: o for c in cmds for o in c.options if o.takes_value}.values():
         pattern = "|".join(opt.flags)
@@ -138,7 +138,7 @@ def _bash(cmds: list[Command]) -> str:
             f'# {PROG} completion for bash: eval "$({PROG} completion bash)"',
             f"{fn}() {{",
             '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"',
-            '    local path="" i w words files',
+            '    local path="" i w words subs files',
             "    for ((i = 1; i < COMP_CWORD; i++)); do",
             '        w="${COMP_WORDS[i]}"',
             f'        case "$w" in {"|".join(names)}) path="${{path:+$path }}$w";; esac',
@@ -148,12 +148,16 @@ def _bash(cmds: list[Command]) -> str:
             "    esac",
             '    case "$path" in',
             *cases,
-            '        *) words=""; files=1;;',
+            '        *) words=""; subs=""; files=1;;',
             "    esac",
-            '    if [[ "$cur" == -* || $files == 0 ]]; then',
+            '    if [[ "$cur" == -* ]]; then',
             '        COMPREPLY=($(compgen -W "$words" -- "$cur"))',
-            "    else",
+            '    elif [[ -n "$subs" ]]; then',
+            '        COMPREPLY=($(compgen -W "$subs" -- "$cur"))',
+            "    elif [[ $files == 1 ]]; then",
             '        COMPREPLY=($(compgen -f -- "$cur"))',
+            "    else",
+            '        COMPREPLY=($(compgen -W "$words" -- "$cur"))',
             "    fi",
             "}",
             f"complete -o default -F {fn} {PROG}",

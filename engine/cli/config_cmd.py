@@ -34,7 +34,8 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
         help="every setting's value and where it came from (flag > env > profile > default)",
     )
     for s in SETTINGS:
-        show.add_argument(s.flag, dest=s.dest, default=None, help=argparse.SUPPRESS)
+        if s.flag != "--log-level":  # a global option, on every command
+            show.add_argument(s.flag, dest=s.dest, default=None, help=argparse.SUPPRESS)
     show.add_argument("--json", action="store_true", help="one JSON Result record on stdout")
     show.set_defaults(runner=run_show, final_to_stderr=False)
 

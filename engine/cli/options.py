@@ -134,10 +134,11 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
 
 
 def engine_config(args: argparse.Namespace) -> UploadConfig:
-    """The engine options of a command as the engine's ``UploadConfig``."""
+    """The engine options of a command as the engine's ``UploadConfig`` (an option left
+    ``None``, not filled by ``settings.apply_settings``, takes the engine's default)."""
     same = ("concurrency", "part_size", "chunk_size", "max_attempts", "stall_timeout")
     return UploadConfig(
-        **{name: getattr(args, name) for name in same},
+        **{name: getattr(args, name) for name in same if getattr(args, name) is not None},
         verify_etag=not args.no_verify_etag,
         verify_tls=not args.insecure,
         bwlimit=getattr(args, "bwlimit", None),

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -122,12 +122,14 @@ def timestamp() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def json_line(record: dict[str, Any]) -> None:
-    """One ``--json`` record on stdout: ``type`` first, ``ts`` added, redacted, flushed."""
-    out = {"type": record.get("type", "Result"), "ts": timestamp()}
-    out.update((k, v) for k, v in record.items() if k not in ("type", "ts"))
-    sys.stdout.write(redact(orjson.dumps(out, default=str).decode()) + "\n")
-    sys.stdout.flush()
+def json_line(record: dict[str, Any], stream: IO[str] | None = None) -> None:
+    """One ``--json`` record on stdout (or ``stream``): ``type`` first, ``ts`` added,
+    redacted, flushed."""
+    line = {"type": record.get("type", "Result"), "ts": timestamp()}
+    line.update((k, v) for k, v in record.items() if k not in ("type", "ts"))
+    out = stream or sys.stdout
+    out.write(redact(orjson.dumps(line, default=str).decode()) + "\n")
+    out.flush()
 
 
 # ---- text for people -------------------------------------------------------------------------

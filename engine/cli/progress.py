@@ -81,6 +81,7 @@ class ProgressView:
         self.interval = interval
         self.quiet_failures = quiet_failures  # the command's last line says why (one file)
         self._stream = stream or sys.stderr
+        self._json_stream = stream  # None: stdout
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._ended: float | None = None
@@ -92,6 +93,7 @@ class ProgressView:
         self._overall_total = total_bytes
         self._last_json = 0.0
         self._told_part_size = False
+        self._active: set[str] = set()  # files started and not yet ended
         self._planned: dict[str, tuple[int, int]] = {}  # a file's size and parts
         self._ticker: threading.Thread | None = None
         self._stop = threading.Event()
@@ -143,7 +145,8 @@ class ProgressView:
 
     def _tick(self) -> None:
         while not self._stop.wait(self.interval):
-            self.print(self.progress_line())
+            if self._active:  # during a transfer: not while connecting, not after the last
+                self.print(self.progress_line())
 
     def progress_line(self) -> str:
         total = self.total_bytes
@@ -201,15 +204,18 @@ class ProgressView:
             self._advance(str(event.path), -event.bytes_lost)
         elif isinstance(event, FileFinished):
             self.files_done += 1
+            self._active.discard(str(event.path))
         elif isinstance(event, FileFailed):
             self.files_failed += 1
+            self._active.discard(str(event.path))
         elif isinstance(event, FileStarted):
+            self._active.add(str(event.path))
             self._planned[str(event.path)] = (event.size, event.parts)
         elif isinstance(event, events.PartDone):
             self._check_part_size(event)
         if self.mode == "json":
             if not isinstance(event, events.PartDone):
-                json_line(events.event_to_dict(event))
+                json_line(events.event_to_dict(event), self._json_stream)
             return
         if self.mode == "tty":
             self._tty(event)
@@ -232,7 +238,8 @@ class ProgressView:
                         "total_files": self.total_files,
                         "retries": self.retries,
                         **({"workers": dict(self.workers)} if self.workers else {}),
-                    }
+                    },
+                    self._json_stream,
                 )
 
     def _check_part_size(self, event: events.PartDone) -> None:

@@ -206,8 +206,8 @@ def resolve(
         elif env.get(s.env):
             out[s.key] = Resolved(s, _parsed(s, env[s.env], s.env), f"env {s.env}")
         elif s.key in table:
-            where = f"config {path} [{name}]"
-            out[s.key] = Resolved(s, _parsed(s, table[s.key], where), where)
+            value = _parsed(s, table[s.key], f"config file {path}, profile {name}")
+            out[s.key] = Resolved(s, value, f"config {path} [{name}]")
         else:
             out[s.key] = Resolved(s, s.default, "default")
     found = "found" if path.is_file() else "not found"

@@ -6,7 +6,7 @@ Rules:
   ``concurrency`` threads, no dashboard, SIGINT ignored: a terminal's Ctrl-C belongs to the
   coordinator) and stops them at the end;
 - neither survives a scheduler that went away: closing then gives up after a few seconds,
-  silently (the run reports the loss itself);
+  silently, and the client's reconnection attempts stay quiet (the run reports the loss);
 - while a cluster is open, what distributed logs at WARNING and above in this process reaches
   ``say`` as one redacted line (not raw stderr, which would tear a live progress view).
 """
@@ -118,6 +118,9 @@ def _untyped(f: object) -> Any:
 
 async def _close(thing: Any) -> None:
     """Close a client or a cluster, shielded, within ``_CLOSE_WITHIN`` s, errors swallowed:
-    by then the run has said what happened."""
+    by then the run has said what happened. A client whose scheduler is gone keeps trying to
+    reconnect until the loop ends, and logs each failure with a traceback: hush it."""
+    if isinstance(thing, Client) and thing.status != "running":
+        logging.getLogger("distributed.client").setLevel(logging.CRITICAL)
     with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_WITHIN), suppress(Exception):
         await thing.close()

@@ -305,6 +305,10 @@ async def cluster_sender(
             tg.start_soon(sender.watch)
             yield sender
             tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # one error out of the block: that error, unwrapped
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         with anyio.CancelScope(shield=True):
             await _unregister(dask, sender)

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Run", "cli", "clean_env", "json_records", "stamped"]
+__all__ = ["Run", "clean_env", "cli", "json_records", "stamped"]
 
 #: a line of the log view: its time first
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} ")

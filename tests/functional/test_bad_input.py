@@ -2,8 +2,9 @@
 
 Every case runs ``engine.cli.main([...])`` in-process and checks that stderr ends with exactly one
 ``upload-engine: ...`` line saying what is wrong, that nothing prints a traceback, and the exit
-code: 2 for a usage error or bad input found before anything is sent, 1 for an upload that
-failed. Where a run leaves state (a journal), a rerun with the input fixed succeeds.
+code: 2 for a usage error or bad input found before anything is sent, 3 for credentials that
+are missing or refused (or without access), 1 for an upload that failed remotely. Where a run
+leaves state (a journal), a rerun with the input fixed succeeds.
 
 Servers the CLI talks to run in background threads with their own event loops (the CLI runs
 its own loop in the test's thread): a real sandbox for the platforms' refusals, and a tiny
@@ -33,7 +34,7 @@ from engine.sandbox.ifc import write_sample_ifc
 from engine.sandbox.matterport import MatterportSandboxConfig
 from tests.functional.servers import served_app, served_sandbox
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED, EXIT_USAGE, EXIT_AUTH = 1, 2, 3
 TOKEN_ID, TOKEN_SECRET = "sandbox-token-id", "sandbox-token-secret"
 SPECKLE_TOKEN = "sandbox-token"
 
@@ -111,7 +112,10 @@ def test_directory_without_scans(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
     code, _, err = run(capsys, "upload", str(tmp_path / "sub"), "--to", "sandbox-speckle")
     assert code == EXIT_USAGE
-    assert the_error(err) == f"upload-engine: error: {tmp_path / 'sub'}: not a regular file"
+    assert the_error(err) == (
+        f"upload-engine: error: {tmp_path / 'sub'}: is a directory; to upload a directory use "
+        f"upload-engine import {tmp_path / 'sub'} --to sandbox-speckle"
+    )
 
 
 @pytest.mark.parametrize(
@@ -196,11 +200,12 @@ def test_a_symlink_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
         f"upload-engine: error: {tmp_path / 'a.e57'}: cannot read (Too many levels of symbolic "
         "links)"
     )
-    # A directory import lists the loop as a file it could not take, and sends the rest.
+    # A directory import lists the loop as a file it could not take, and sends the rest; the
+    # loop is a local input error, so the run exits 2 (as the same file does from upload).
     e57(tmp_path / "good.e57")
     report = tmp_path / "report.json"
     code, _, err = run(capsys, "import", str(tmp_path), "--to", "sandbox", "--report", str(report))
-    assert code == EXIT_FAILED
+    assert code == EXIT_USAGE
     files = {Path(f["path"]).name: f for f in orjson.loads(report.read_bytes())["files"]}
     assert files["good.e57"]["status"] == "ok"
     assert {files[n]["status"] for n in ("a.e57", "b.e57")} == {"failed"}
@@ -237,13 +242,13 @@ def test_missing_token_or_argument(
         matterport_env(monkeypatch)
     path = e57(tmp_path / "scan.e57") if to == "matterport" else ifc(tmp_path / "scan.ifc")
     code, _, err = run(capsys, "upload", str(path), "--to", to, *extra)
-    assert code == EXIT_USAGE
+    assert code == (EXIT_AUTH if extra else EXIT_USAGE)  # missing credentials: 3
     if extra:  # the credentials file is the other place they may be
         message += f" (or in {tmp_path / 'xdg-config' / 'upload-engine' / 'credentials'}, mode 600)"
     assert the_error(err) == f"upload-engine: error: {message}"
 
 
-# ---- refused by the platform: exit 1 -------------------------------------------------------------
+# ---- refused by the platform: exit 3 for credentials and access, else 1 --------------------------
 
 
 def test_bad_tokens(
@@ -257,7 +262,7 @@ def test_bad_tokens(
             capsys, "upload", str(scan), "--to", "matterport", "--organization", "sandbox-org",
             "--endpoint", f"{url}/api/import/graph",
         )  # fmt: skip
-        assert code == EXIT_FAILED
+        assert code == EXIT_AUTH
         assert the_error(err) == (
             "upload-engine: failed: addImportSession: Matterport refused the credentials: check "
             "MATTERPORT_TOKEN_ID/SECRET (Missing or invalid credentials: send Authorization: "
@@ -268,7 +273,7 @@ def test_bad_tokens(
             capsys, "upload", str(model), "--to", "speckle", "--project", "sandbox-project",
             "--server", url,
         )  # fmt: skip
-        assert code == EXIT_FAILED
+        assert code == EXIT_AUTH
         assert the_error(err) == (
             "upload-engine: failed: ProjectModelByName: SPECKLE_TOKEN is not valid (Your token "
             "is not valid.)"
@@ -308,7 +313,8 @@ def test_unknown_organization_project_model_and_quota(
                 if flag == "--project":
                     args = [str(model), "--server", url, flag, value]
             code, _, err = run(capsys, "upload", "--to", to, *args)
-            assert code == EXIT_FAILED, err
+            # access refused (the organization) is 3; what the platform lacks or limits, 1
+            assert code == (EXIT_AUTH if "not allowed" in message else EXIT_FAILED), err
             assert the_error(err) == f"upload-engine: failed: {message}"
 
 
@@ -473,6 +479,7 @@ def test_a_file_changed_while_uploading_fails_and_a_rerun_uploads_the_new_conten
     args = [
         "upload", str(path), "--to", "matterport", "--organization", "sandbox-org",
         "--part-size", "256KiB", "--concurrency", "1", "--state-dir", str(state),
+        "-v",  # the phases (the import session's id) are -v detail
     ]  # fmt: skip
     with served_sandbox(**planes) as sb:
         url = sb.url

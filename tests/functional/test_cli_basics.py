@@ -14,7 +14,7 @@ import pytest
 import engine
 from engine import MiB
 from engine.sandbox.e57 import write_sample_e57
-from tests.functional.cli import cli, clean_env, stamped
+from tests.functional.cli import clean_env, cli, stamped
 
 BIN = str(Path(sys.executable).with_name("upload-engine"))
 
@@ -62,7 +62,9 @@ def test_quiet_default_verbose_and_very_verbose(tmp_path: Path, env: dict[str, s
     code, err, _ = _upload(tmp_path, env, "-vv")
     puts = [line for line in err if " HTTP PUT " in line]
     assert code == 0 and len(puts) >= 3, err  # every attempt, the retried ones too
-    assert all(re.search(r"HTTP PUT http://127\.0\.0\.1:\d+/\S+ -> \d{3} \(\d+ ms\)$", p) for p in puts)
+    assert all(
+        re.search(r"HTTP PUT http://127\.0\.0\.1:\d+/\S+ -> \d{3} \(\d+ ms\)$", p) for p in puts
+    )
     assert all("?" not in p.split(" -> ")[0] or "?[redacted]" in p for p in puts)
 
     same = _upload(tmp_path, env, "--log-level", "debug")[1]

@@ -11,7 +11,7 @@ import pytest
 from engine import KiB
 from engine.sandbox.ifc import write_sample_ifc
 from engine.sandbox.speckle import SpeckleSandboxConfig
-from tests.functional.cli import cli, clean_env, json_records
+from tests.functional.cli import clean_env, cli, json_records
 from tests.functional.servers import served_sandbox
 
 SPECKLE_TOKEN = "spk-config-token-Q7"
@@ -107,19 +107,19 @@ def test_unknown_profile_and_bad_env_value(tmp_path: Path) -> None:
 def test_an_upload_takes_server_and_project_from_the_config_file(tmp_path: Path) -> None:
     model = tmp_path / "tower.ifc"
     write_sample_ifc(model, 64 * KiB, seed=4)
-    planes = {"speckle": SpeckleSandboxConfig(tokens={SPECKLE_TOKEN: {"cfg-project"}})}
+    planes = {"speckle": SpeckleSandboxConfig(tokens={SPECKLE_TOKEN: {"sandbox-project"}})}
     with served_sandbox(**planes) as sb:
         _write_config(
             tmp_path,
-            f'[default]\nspeckle_server = "{sb.url}"\nspeckle_project = "cfg-project"\n',
+            f'[default]\nspeckle_server = "{sb.url}"\nspeckle_project = "sandbox-project"\n',
         )
         env = clean_env(tmp_path, SPECKLE_TOKEN=SPECKLE_TOKEN)
         run = cli("upload", str(model), "--to", "speckle", env=env)
         assert run.code == 0, run.output
-        assert run.out.startswith("speckle project cfg-project model ")
+        assert run.out.startswith("speckle project sandbox-project model ")
         # an environment variable beats the file: an unknown project now
         run = cli(
             "upload", str(model), "--to", "speckle",
             env={**env, "UPLOAD_ENGINE_SPECKLE_PROJECT": "elsewhere"},
         )  # fmt: skip
-        assert run.code != 0 and "elsewhere" in run.err
+        assert run.code == 1 and "project not found" in run.err, run.output

@@ -21,7 +21,7 @@ from engine.sandbox.e57 import write_sample_e57
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.ifc import write_sample_ifc
 from engine.sandbox.matterport import MatterportSandboxConfig
-from tests.functional.cli import cli, clean_env, json_records
+from tests.functional.cli import clean_env, cli, json_records
 from tests.functional.servers import served_sandbox
 
 SCHEMA = json.loads(
@@ -73,7 +73,7 @@ def test_failures_end_with_a_result_too(tmp_path: Path, env: dict[str, str]) -> 
     records = checked(failed.out)
     assert failed.code == records[-1]["exit_code"] == 1 and records[-1]["ok"] is False
     assert "FileFailed" in [r["type"] for r in records]
-    assert records[-1]["error"] == "part 1 failed 1 time; last: HTTP 503: ServiceUnavailable"
+    assert records[-1]["error"].startswith("part 1 failed 1 time; last: HTTP 503 ")
 
     usage = cli("import", str(tmp_path), "--to", "somewhere", "--json", env=env)
     (result,) = checked(usage.out)
@@ -111,12 +111,20 @@ def test_an_interrupted_import_ends_with_ok_false(tmp_path: Path) -> None:
             env=clean_env(tmp_path, **MP_ENV),
         )  # fmt: skip
         assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert json.loads(first)["type"] == "FileStarted", first
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
-        rest, err = proc.communicate(timeout=60)
-    records = checked(first + rest)
+        seen = ""
+        try:
+            while '"type":"FileStarted"' not in seen:  # the parts are on their way
+                line = proc.stdout.readline()
+                assert line, "the import ended before sending"
+                seen += line
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            rest, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    records = checked(seen + rest)
     assert proc.returncode == 130, err
     result = records[-1]
     assert (result["ok"], result["exit_code"]) == (False, 130)

@@ -9,14 +9,16 @@ scheduler plugin that kills a worker at the worst moment. What these tests prove
   coordinator), goes through both workers: each E57 committed once with its model, each IFC
   ingested once, stored MD5s equal to the sources'; the report counts each part's bytes once
   per worker; ``--bwlimit`` caps each worker; no signature in any output;
-* a worker SIGKILLed mid-import: the run still exits 0, nothing duplicated, and what was sent
-  again is within the parts in flight (plus the parts the faults failed);
+* a worker SIGKILLed mid-import (a few 503s on): the run still exits 0, nothing duplicated, and
+  what was sent again is within that worker's parts in flight (plus one part per 503);
 * the coordinator SIGKILLed mid-import: its workers go with it, and a rerun of the same
   command resumes from the journal, exactly once;
 * a worker killed after its part finished but before the coordinator gathered the answer:
   Dask runs the part again elsewhere (a second PUT of that part only), still exactly once;
-* without the ``cluster`` extra the flags say which extra to install; ``--help`` and a run
-  without the flags never import Dask.
+* a Ctrl-C in the terminal (SIGINT to the whole group, workers included): the workers finish
+  their parts in flight, the run exits 130, a rerun completes with nothing sent twice;
+* without the ``cluster`` extra the flags say which extra to install; parsing the command line
+  never imports Dask; ``--bwlimit`` caps a plain upload too.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import psutil
 import pytest
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from engine import KiB, MiB, UploadConfig, Uploader
+from engine import KiB, MiB, UploadConfig, Uploader, cli
 from engine.cluster import cluster_sender, open_cluster
 from engine.providers.matterport import Matterport, MatterportCredentials
 from engine.sandbox.e57 import write_sample_e57
@@ -49,6 +51,7 @@ from tests.functional.test_bulk import (
     Run,
     Served,
     assert_delivered_once,
+    assert_journal_consistent,
     assert_no_secrets,
     bytes_after,
     import_cmd,
@@ -62,7 +65,7 @@ from tests.functional.test_bulk import (
 PART = 256 * KiB
 CONCURRENCY = 2  # PUTs per worker
 WORKERS = 2
-FAULTS = "503=0.05,reset=0.03,expired=0.05"
+FAULTS = "503=0.12,reset=0.1,expired=0.12"
 SECRETS = ("X-Signature", "X-Expires", "sandbox-token", "Authorization")
 TREE = [
     ("site/a.e57", 1 * MiB + 300 * KiB),
@@ -100,6 +103,13 @@ def sandbox_process(tmp_path: Path, *flags: str) -> Iterator[Served]:
 @pytest.fixture
 def faulty(tmp_path: Path) -> Iterator[Served]:
     with sandbox_process(tmp_path, "--faults", FAULTS, "--seed", "16") as served:
+        yield served
+
+
+@pytest.fixture
+def mild(tmp_path: Path) -> Iterator[Served]:
+    """A few 503s (answered after the whole body): each costs at most one part again."""
+    with sandbox_process(tmp_path, "--faults", "503=0.03", "--seed", "16") as served:
         yield served
 
 
@@ -178,8 +188,8 @@ def test_a_tree_through_two_workers_with_faults_lands_once_each(
         progress = [json.loads(x) for x in run.output.splitlines() if '"Progress"' in x]
         assert any(p.get("workers") for p in progress), progress[-1:]
     stats = assert_delivered_once(faulty, e57, ifc, spare_ifc_objects=2)
-    assert stats["faults"].get("expired", 0) > 0, stats["faults"]  # presigned again, and fine
-    assert faults_of(stats) >= 3, stats["faults"]
+    # every kind was met and survived; an expired URL was presigned again by the coordinator
+    assert {k for k, n in stats["faults"].items() if n} == {"503", "reset", "expired"}, stats
     assert_no_secrets(state)
 
 
@@ -189,18 +199,18 @@ def test_a_tree_through_two_workers_with_faults_lands_once_each(
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_import_the_run_still_finishes_once(
-    tmp_path: Path, faulty: Served
+    tmp_path: Path, mild: Served
 ) -> None:
     tree = tmp_path / "scans"
     e57 = write_scans(tree, [("big.e57", 3 * MiB), ("small.e57", 1 * MiB)], seed=1610)
-    cmd = cluster_cmd(tree, faulty, "matterport", tmp_path / "state", "--bwlimit", "3MiB")
+    cmd = cluster_cmd(tree, mild, "matterport", tmp_path / "state", "--bwlimit", "3MiB")
     log = tmp_path / "run.log"
-    before = faulty.stats()
+    before = mild.stats()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV)
     try:
         deadline = time.monotonic() + 60
-        while not bytes_after(1 * MiB)(before, faulty.stats(), 0.0):
+        while not bytes_after(1 * MiB)(before, mild.stats(), 0.0):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.01)
         victims = workers_of(proc.pid)
@@ -214,9 +224,11 @@ def test_a_worker_killed_mid_import_the_run_still_finishes_once(
     output = log.read_text()
     assert code == 0, output[-3000:]
     assert "Traceback" not in output
-    stats = assert_delivered_once(faulty, e57, {})
+    stats = assert_delivered_once(mild, e57, {})
     resent = stats["bytes_received"] - sum(s.size for s in e57.values())
-    bound = (CONCURRENCY + faults_of(stats)) * PART  # its parts in flight, and the faulted ones
+    # the worker's parts in flight (one of them may have finished, its answer not yet
+    # gathered: Dask runs it again), and one part per 503
+    bound = (CONCURRENCY + 1 + faults_of(stats)) * PART
     print(f"\nre-sent {resent} bytes after a worker kill; bound {bound}")
     assert 0 <= resent <= bound
 
@@ -227,19 +239,19 @@ def test_a_worker_killed_mid_import_the_run_still_finishes_once(
 
 @pytest.mark.slow
 def test_the_coordinator_killed_mid_import_a_rerun_resumes_exactly_once(
-    tmp_path: Path, faulty: Served
+    tmp_path: Path, mild: Served
 ) -> None:
     tree = tmp_path / "scans"
     e57 = write_scans(tree, [("a.e57", 2 * MiB), ("b.e57", 1 * MiB + 100 * KiB)], seed=1620)
     state = tmp_path / "state"
-    cmd = cluster_cmd(tree, faulty, "matterport", state, "--bwlimit", "3MiB")
+    cmd = cluster_cmd(tree, mild, "matterport", state, "--bwlimit", "3MiB")
     log = tmp_path / "killed.log"
-    before = faulty.stats()
+    before = mild.stats()
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV)
     try:
         deadline = time.monotonic() + 60
-        while not bytes_after(1 * MiB)(before, faulty.stats(), 0.0):
+        while not bytes_after(1 * MiB)(before, mild.stats(), 0.0):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.01)
         workers = workers_of(proc.pid)
@@ -251,12 +263,12 @@ def test_the_coordinator_killed_mid_import_a_rerun_resumes_exactly_once(
             proc.kill()
             proc.wait()
     assert_gone(workers)
-    faulty.wait_idle()
-    assert mp(faulty.stats())["committed"] == 0
-    run = run_import(cmd, faulty, tmp_path / "rerun.log", timeout=90)
+    mild.wait_idle()
+    assert mp(mild.stats())["committed"] == 0
+    run = run_import(cmd, mild, tmp_path / "rerun.log", timeout=90)
     assert run.code == 0, run.output[-3000:]
     assert "resuming" in run.output, run.output[-3000:]
-    stats = assert_delivered_once(faulty, e57, {})
+    stats = assert_delivered_once(mild, e57, {})
     resent = stats["bytes_received"] - sum(s.size for s in e57.values())
     bound = (WORKERS * CONCURRENCY + faults_of(stats)) * PART
     print(f"\nre-sent {resent} bytes after the coordinator's kill; bound {bound}")
@@ -358,3 +370,66 @@ def test_cluster_flags_without_the_extra_name_it_and_help_never_imports_dask(
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Ctrl-C in the terminal: the whole foreground group gets SIGINT, the workers included
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_terminal_drains_through_the_workers_and_a_rerun_completes(
+    tmp_path: Path, mild: Served
+) -> None:
+    tree = tmp_path / "scans"
+    e57 = write_scans(tree, [("a.e57", 1 * MiB + 500 * KiB), ("b.e57", 1 * MiB)], seed=1650)
+    state = tmp_path / "state"
+    cmd = cluster_cmd(tree, mild, "matterport", state, "--bwlimit", "1MiB")
+    log = tmp_path / "ctrl-c.log"
+    before = mild.stats()
+    with log.open("w") as out:  # its own process group, as a terminal's foreground job
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not bytes_after(512 * KiB)(before, mild.stats(), 0.0):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        workers = workers_of(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    output = log.read_text()
+    assert code == 130, output[-3000:]
+    assert "stopping: parts in flight get" in output and "to resume, rerun:" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert_gone(workers)
+    stats = mild.wait_idle()
+    assert stats["disconnects"] == 0, stats  # the workers let their parts in flight finish
+    assert_journal_consistent(state, tree, PART)
+    run = run_import(cmd, mild, tmp_path / "rerun.log", timeout=90)
+    assert run.code == 0, run.output[-3000:]
+    stats = assert_delivered_once(mild, e57, {})
+    resent = stats["bytes_received"] - sum(s.size for s in e57.values())
+    assert 0 <= resent <= faults_of(stats) * PART, (resent, stats["faults"])  # 503s only
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. --bwlimit without a cluster
+
+
+def test_bwlimit_caps_a_plain_upload(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "scan.e57"
+    write_sample_e57(path, 1 * MiB, seed=1660)
+    rate = 2 * MiB
+    started = time.monotonic()
+    code = cli.main(
+        ["upload", str(path), "--to", "sandbox", "--bwlimit", "2MiB/s", "--part-size", "256KiB"]
+    )
+    seconds = time.monotonic() - started
+    assert code == 0, capsys.readouterr().err
+    assert seconds >= path.stat().st_size / rate * 0.9, seconds  # 0.5 s of sending, at least
+    assert seconds < 10, seconds

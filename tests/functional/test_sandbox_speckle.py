@@ -1,7 +1,9 @@
 """The Speckle control plane of the sandbox, over real HTTP on loopback with raw aiohttp.
 
 No engine client code is used here: the sandbox must be right on its own terms, so that a client
-that works against it works against the platform.
+that works against it works against the platform. Each behaviour follows the public
+specklesystems/speckle-server source named in the sandbox module that keeps it; the other
+``test_sandbox_speckle_*.py`` files cover the limits, the v2/legacy APIs and live status.
 """
 
 from __future__ import annotations
@@ -105,6 +107,14 @@ query Ingestion($ingestionId: ID!, $projectId: String!) {
 
 # ---- the fuller documents a client uses ---------------------------------------------------------
 
+# The seed's StartFileIngestion selects `status` on the union, which the real schema refuses;
+# this is the portable form.
+START_PORTABLE = START_FILE_INGESTION.replace(
+    "statusData {\n        status\n      }",
+    "statusData { __typename ... on HasModelIngestionStatus { status } }",
+)
+assert START_PORTABLE != START_FILE_INGESTION
+
 GENERATE_WITH_HEADERS = """
 mutation GenerateFileUploadUrl($input: GenerateFileUploadUrlInput!) {
   fileUploadMutations {
@@ -158,6 +168,7 @@ class Client:
 
     def __init__(self, http: aiohttp.ClientSession, base_url: str) -> None:
         self.http = http
+        self.base_url = base_url
         self.endpoint = base_url + "/graphql"
 
     async def post(
@@ -227,7 +238,7 @@ class Client:
         variables = {
             "input": {"etag": etag, "fileId": file_id, "modelId": model_id, "projectId": project}
         }
-        return await self.post(START_FILE_INGESTION, variables)
+        return await self.post(START_PORTABLE, variables)
 
     async def ingest(self, file_name: str, body: bytes, model_name: str = "scans") -> str:
         """Upload and start an ingestion; returns its id."""
@@ -297,8 +308,9 @@ def ifc_bytes(tmp_path: Path, size: int = 4096, seed: int = 7) -> bytes:
 
 
 async def test_seed_flow_verbatim(tmp_path: Path) -> None:
+    # The seed's step 4 selects `statusData { status }`, which only the lenient schema takes.
     config = SpeckleSandboxConfig(
-        step_delay=0.01, additional_header=("x-ms-blob-type", "BlockBlob")
+        step_delay=0.01, additional_header=("x-ms-blob-type", "BlockBlob"), status_interface=True
     )
     source = tmp_path / "MyModel.ifc"
     md5 = write_sample_ifc(source, 200_000, seed=1)
@@ -439,7 +451,7 @@ async def test_checks_run_in_the_servers_order(tmp_path: Path) -> None:
             variables = {
                 "input": {"etag": etag, "fileId": file_id, "modelId": model, "projectId": PROJECT}
             }
-            return await client.error(START_FILE_INGESTION, variables)
+            return await client.error(START_PORTABLE, variables)
 
         # 1. etag empty, before anything else (even an unknown blob and model).
         assert await start("nope", "", "nope") == (
@@ -477,6 +489,13 @@ async def test_checks_run_in_the_servers_order(tmp_path: Path) -> None:
             "Attempting to work with a non-existant model",
         )
         assert (await start(file_id, etag))[0] == "ALREADY_REGISTERED_BLOB_ERROR"
+        # 8. the file type, after the model: a type the server does not ingest also consumes it.
+        dwg_id, dwg_etag = await client.upload("plan.docx", body)
+        assert await start(dwg_id, dwg_etag) == (
+            "UNSUPPORTED_FILE_TYPE",
+            "The provided file type is not supported for importing.",
+        )
+        assert (await start(dwg_id, dwg_etag))[0] == "ALREADY_REGISTERED_BLOB_ERROR"
         assert plane.ingestions == {}
         assert plane.ingested_md5[file_id] == hashlib.md5(body).hexdigest()
 
@@ -488,9 +507,8 @@ async def test_bad_token_is_refused_before_graphql(tmp_path: Path) -> None:
     async with sandbox(tmp_path, FAST) as (client, plane, sb):
         variables = {"input": {"fileName": "a.ifc", "projectId": PROJECT}}
         for token, headers in (
-            (None, {}),
             ("wrong-token", {}),
-            (None, {"Authorization": f"Basic {TOKEN}"}),
+            (None, {"Authorization": f"Basic {TOKEN}"}),  # only "Bearer " is stripped
             (None, {"Authorization": "Bearer"}),
         ):
             status, body, _ = await client.post(
@@ -502,7 +520,27 @@ async def test_bad_token_is_refused_before_graphql(tmp_path: Path) -> None:
         status, body, _ = await client.post("{ nonsense", token="wrong-token")
         assert (status, body) == (403, INVALID_TOKEN_BODY)
         assert plane.calls == {}
-        assert sb.stats()["planes"]["speckle"]["unauthenticated"] == 5
+        assert sb.stats()["planes"]["speckle"]["unauthenticated"] == 4
+
+
+async def test_no_token_is_an_anonymous_caller(tmp_path: Path) -> None:
+    # createAuthContextFromToken lets a request without a token through (auth: false); the
+    # mutation groups (@hasServerRole) and the project policies refuse what it may not do.
+    async with sandbox(tmp_path, FAST) as (client, plane, _):
+        variables = {"input": {"fileName": "a.ifc", "projectId": PROJECT}}
+        status, body, _ = await client.post(GENERATE_UPLOAD_URL, variables, token=None)
+        assert status == 200 and body["data"] is None
+        assert body["errors"][0]["message"] == "Must provide an auth token"
+        assert body["errors"][0]["extensions"] == {"code": "UNAUTHORIZED", "statusCode": 401}
+        query = "query($p: String!) { project(id: $p) { id } }"
+        status, body, _ = await client.post(query, {"p": PROJECT}, token=None)
+        assert body["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+        assert body["errors"][0]["message"] == "You are not logged in to this server"
+        status, body, _ = await client.post(query, {"p": "missing"}, token=None)
+        assert body["errors"][0]["extensions"]["code"] == "STREAM_NOT_FOUND"
+        status, body, _ = await client.post("{ serverInfo { version } }", token=None)
+        assert status == 200 and body["data"]["serverInfo"]["version"]
+        assert plane.calls["generateUploadUrl"] == 0
 
 
 async def test_access_and_not_found_codes(tmp_path: Path) -> None:
@@ -517,25 +555,39 @@ async def test_access_and_not_found_codes(tmp_path: Path) -> None:
         def generate_in(project: str) -> dict[str, Any]:
             return {"input": {"fileName": "a.ifc", "projectId": project}}
 
-        assert (await client.error(generate, generate_in("private")))[0] == "FORBIDDEN"
-        assert (await client.error(generate, generate_in("missing")))[0] == "STREAM_NOT_FOUND"
+        forbidden = ("FORBIDDEN", "You do not have access to the project")
+        assert await client.error(generate, generate_in("private")) == forbidden
+        assert await client.error(generate, generate_in("missing")) == (
+            "STREAM_NOT_FOUND",
+            "Project not found",
+        )
         query = "query($p: String!) { project(id: $p) { id } }"
-        assert (await client.error(query, {"p": "private"}))[0] == "FORBIDDEN"
+        assert await client.error(query, {"p": "private"}) == forbidden
         assert (await client.error(query, {"p": "missing"}))[0] == "STREAM_NOT_FOUND"
         assert (await client.data(query, {"p": PROJECT}))["project"]["id"] == PROJECT
+        # models.ts: an unknown model, by id or by name, is BRANCH_NOT_FOUND "Model not found".
         model = 'query($p: String!) { project(id: $p) { model(id: "nope") { id } } }'
-        assert (await client.error(model, {"p": PROJECT}))[0] == "MODEL_NOT_FOUND"
+        assert await client.error(model, {"p": PROJECT}) == ("BRANCH_NOT_FOUND", "Model not found")
         by_name = 'query($p: String!) { project(id: $p) { modelByName(name: "nope") { id } } }'
-        assert (await client.error(by_name, {"p": PROJECT}))[0] == "MODEL_NOT_FOUND"
-        assert (await client.error(STATUS, {"ingestionId": "nope", "projectId": PROJECT}))[
-            0
-        ] == "NOT_FOUND"
+        status, body, _ = await client.post(by_name, {"p": PROJECT})
+        assert status == 200 and body["data"] is None
+        assert body["errors"][0]["message"] == "Model not found"
+        assert body["errors"][0]["extensions"] == {"code": "BRANCH_NOT_FOUND", "statusCode": 404}
+        assert body["errors"][0]["path"] == ["project", "modelByName"]
+        version = 'query($p: String!) { project(id: $p) { version(id: "nope") { id } } }'
+        assert await client.error(version, {"p": PROJECT}) == (
+            "COMMIT_NOT_FOUND",
+            "Version not found",
+        )
+        # Project.ingestion is nullable: an unknown id is null, not an error.
+        data = await client.data(STATUS, {"ingestionId": "nope", "projectId": PROJECT})
+        assert data == {"project": {"ingestion": None}}
         create = {"input": {"projectId": "private", "name": "x"}}
         assert (await client.error(CREATE_MODEL, create))[0] == "FORBIDDEN"
         # The other token sees only its own project.
         assert (await client.error(query, {"p": PROJECT}, token="other-token"))[0] == "FORBIDDEN"
         start = {"input": {"etag": '"x"', "fileId": "f", "modelId": "m", "projectId": "private"}}
-        assert (await client.error(START_FILE_INGESTION, start))[0] == "FORBIDDEN"
+        assert (await client.error(START_PORTABLE, start))[0] == "FORBIDDEN"
 
 
 async def test_request_errors_follow_apollo(tmp_path: Path) -> None:
@@ -549,9 +601,10 @@ async def test_request_errors_follow_apollo(tmp_path: Path) -> None:
         status, body, _ = await client.post("mutation {")
         assert status == 400
         assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_PARSE_FAILED"
-        # Variables that do not fit: 200 BAD_USER_INPUT, nothing ran.
+        # Variables that do not fit: 400 BAD_USER_INPUT, nothing ran (app.ts sets Apollo's
+        # status400ForVariableCoercionErrors: true).
         status, body, _ = await client.post(GENERATE_UPLOAD_URL, {"input": {"fileName": "a.ifc"}})
-        assert status == 200
+        assert status == 400
         assert body["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
         assert "data" not in body
         assert plane.calls["generateUploadUrl"] == 0
@@ -573,38 +626,68 @@ async def test_request_errors_follow_apollo(tmp_path: Path) -> None:
             assert response.status == 400
             body = await response.json()
             assert body["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
-        # Bad input values are resolver errors: 200 with a code.
+        # A field a v3 server has but the v2 one lacks is fine here (v3 is the default).
+        status, body, _ = await client.post(
+            GENERATE_WITH_HEADERS, {"input": {"fileName": "a.ifc", "projectId": PROJECT}}
+        )
+        assert status == 200 and "errors" not in body
+        # Bad input values are resolver errors: 200 with a code and its statusCode.
         for name in ("", "no-extension", "trailing."):
             variables = {"input": {"fileName": name, "projectId": PROJECT}}
-            code, message = await client.error(GENERATE_UPLOAD_URL, variables)
-            assert (code, message) == ("USER_INPUT_ERROR", "File name must have a valid extension")
+            status, body, _ = await client.post(GENERATE_UPLOAD_URL, variables)
+            assert (status, body["data"]) == (200, None)
+            assert body["errors"][0]["message"] == "File name must have a valid extension"
+            assert body["errors"][0]["extensions"] == {
+                "code": "USER_INPUT_ERROR",
+                "statusCode": 400,
+            }
 
 
 async def test_models_by_name_and_their_rules(tmp_path: Path) -> None:
+    # ModelMutations.create sanitizes the name (parts trimmed, empty parts dropped), refuses a
+    # taken one case-insensitively, stores it lower-cased (createBranchFactory) and validates it;
+    # modelByName's dataloader finds only the stored (lower-case) name.
     async with sandbox(tmp_path, FAST) as (client, plane, _):
         # Projects start with "main", as on the real server.
         main = plane.model_by_name(PROJECT, "main")
         assert main is not None
-        model_id = await client.create_model("Scans/Level 1")
+        model_id = await client.create_model(" Scans / Level 1 ")
+        assert plane.models[model_id].name == "scans/level 1"
         data = await client.data(
             MODEL_BY_NAME, {"projectId": PROJECT, "name": "scans/level 1", "search": "LEVEL"}
         )
-        assert data["project"]["modelByName"] == {"id": model_id, "name": "Scans/Level 1"}
-        assert data["project"]["models"]["items"] == [{"id": model_id, "name": "Scans/Level 1"}]
+        assert data["project"]["modelByName"] == {"id": model_id, "name": "scans/level 1"}
+        assert data["project"]["models"]["items"] == [{"id": model_id, "name": "scans/level 1"}]
+        by_name = (
+            "query($p: String!, $n: String!) { project(id: $p) { modelByName(name: $n) { id } } }"
+        )
+        assert (await client.error(by_name, {"p": PROJECT, "n": "Scans/Level 1"}))[0] == (
+            "BRANCH_NOT_FOUND"
+        )
         create = {"input": {"projectId": PROJECT, "name": "SCANS/level 1"}}
         code, message = await client.error(CREATE_MODEL, create)
         assert (code, message) == ("BRANCH_CREATE_ERROR", "A branch with this name already exists")
-        for bad in ("", "   ", "#x", "a//b", "a,b", "/a"):
+        assert await client.error(
+            CREATE_MODEL, {"input": {"projectId": PROJECT, "name": " / "}}
+        ) == (
+            "BRANCH_NAME_ERROR",
+            "Model name is required",
+        )
+        for bad in ("", "   ", "#x", "$x", "a,b", "a\\b"):
             create = {"input": {"projectId": PROJECT, "name": bad}}
             assert (await client.error(CREATE_MODEL, create))[0] == "BRANCH_NAME_ERROR"
+        # Slashes are sanitized away, not refused.
+        for sloppy, stored in (("a//b", "a/b"), ("/c", "c"), ("d/", "d")):
+            created = await client.create_model(sloppy)
+            assert plane.models[created].name == stored
         data = await client.data(
             "query($p: String!) { project(id: $p) {"
             " models(limit: 1) { totalCount cursor items { name displayName } } } }",
             {"p": PROJECT},
         )
         models = data["project"]["models"]
-        assert models["totalCount"] == 2
-        assert models["items"] == [{"name": "Scans/Level 1", "displayName": "Level 1"}]
+        assert models["totalCount"] == 5
+        assert models["items"] == [{"name": "d", "displayName": "d"}]
         assert models["cursor"] is not None
 
 
@@ -626,6 +709,7 @@ async def test_missing_additional_header_is_refused_by_the_blob_store(tmp_path: 
 
 
 async def test_rate_limit_answers_429_with_fractional_retry_after(tmp_path: Path) -> None:
+    # Fault injection (sandbox rule) answers with the server's real 429 (its body and headers).
     config = SpeckleSandboxConfig(step_delay=0.01, rate_limit_every=3, retry_after=0.2)
     query = "query($p: String!) { project(id: $p) { id } }"
     async with sandbox(tmp_path, config) as (client, plane, _):
@@ -636,7 +720,16 @@ async def test_rate_limit_answers_429_with_fractional_retry_after(tmp_path: Path
             if status == 429:
                 assert headers["Retry-After"] == "0.2"
                 assert float(headers["Retry-After"]) == pytest.approx(0.2)
-                assert "data" not in body
+                assert body == {
+                    "error": {
+                        "message": "You have sent too many requests. You are being rate "
+                        "limited. Please try again later.",
+                        "code": "RATE_LIMIT_ERROR",
+                    }
+                }
+                assert "X-RateLimit-Reset" in headers
+            else:
+                assert int(headers["X-RateLimit-Remaining"]) >= 0
         assert statuses == [200, 200, 429, 200, 200, 429, 200]
         # The limiter comes before authentication.
         assert (await client.post(query, {"p": PROJECT}, token="bad"))[0] == 403
@@ -694,7 +787,7 @@ async def test_content_that_is_not_ifc_fails_with_a_reason(tmp_path: Path) -> No
     async with sandbox(tmp_path, FAST) as (client, plane, _):
         cases = {
             "notes.ifc": b"hello, this is not STEP\n",
-            "scan.txt": ifc_bytes(tmp_path),
+            "house.3dm": ifc_bytes(tmp_path),  # an app format, with the wrong signature
         }
         reasons = {}
         for index, (file_name, body) in enumerate(cases.items()):
@@ -704,7 +797,7 @@ async def test_content_that_is_not_ifc_fails_with_a_reason(tmp_path: Path) -> No
             assert final["status"] == "failed"
             reasons[file_name] = final["errorReason"]
         assert "ISO-10303-21" in reasons["notes.ifc"]
-        assert "Unsupported file type '.txt'" in reasons["scan.txt"]
+        assert "is not a 3DM file" in reasons["house.3dm"]
         assert plane.versions == {}
 
 
@@ -725,23 +818,21 @@ async def test_e57_files_are_validated(tmp_path: Path) -> None:
         assert plane.ingested_md5[plane.ingestions[ok_id].file_id] == md5
 
 
-async def test_strict_status_union_refuses_direct_status(tmp_path: Path) -> None:
-    config = SpeckleSandboxConfig(step_delay=0.01, strict_status_union=True)
-    async with sandbox(tmp_path, config) as (client, _, _):
+async def test_real_union_refuses_the_seeds_status_selection(tmp_path: Path) -> None:
+    # The default is the real schema: statusData is a union (the SDKs select `status` through
+    # `... on HasModelIngestionStatus`), so the seed's own document fails validation.
+    async with sandbox(tmp_path, FAST) as (client, plane, _):
         file_id, etag = await client.upload("a.ifc", ifc_bytes(tmp_path))
         model_id = await client.create_model("m")
-        status, body, _ = await client.start(file_id, etag, model_id)  # the seed's document
-        assert status == 400
-        assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
-        portable = START_FILE_INGESTION.replace(
-            "statusData {\n        status\n      }",
-            "statusData { __typename ... on HasModelIngestionStatus { status } }",
-        )
-        assert portable != START_FILE_INGESTION
         variables = {
             "input": {"etag": etag, "fileId": file_id, "modelId": model_id, "projectId": PROJECT}
         }
-        data = await client.data(portable, variables)
+        status, body, _ = await client.post(START_FILE_INGESTION, variables)
+        assert status == 400
+        assert body["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+        assert "data" not in body
+        assert plane.calls["startFileIngestion"] == 0  # nothing ran: the blob is still pending
+        data = await client.data(START_PORTABLE, variables)
         started = data["fileUploadMutations"]["startFileIngestion"]
         assert started["statusData"] == {
             "__typename": "ModelIngestionQueuedStatus",
@@ -799,6 +890,11 @@ def test_phases_and_snapshots() -> None:
 
 def test_config_is_validated_and_frozen() -> None:
     cases: list[dict[str, Any]] = [
+        {"speckle_api": "v4"},
+        {"server_kind": "cloud"},
+        {"rate_limit_per_second": 0},
+        {"rate_limit_burst": 0},
+        {"ws_keepalive": 0},
         {"projects": set()},
         {"tokens": {"": {"p"}}},
         {"size_limit": 0},
@@ -829,9 +925,22 @@ def test_check_blob(tmp_path: Path) -> None:
     path.write_bytes(b"\xef\xbb\xbf\n  ISO-10303-21;\nHEADER;\n")
     assert check_blob(path, "a.ifc") is None
     assert check_blob(path, "A.IFC") is None
-    assert check_blob(None, "a.ifc") is None  # discard mode: the extension decides
-    assert check_blob(None, "a.obj") is not None
+    assert check_blob(None, "a.ifc") is None  # discard mode: nothing is read
+    assert check_blob(None, "a.obj") is None  # an app format: the server took it at the start
+    assert check_blob(None, "a.txt") == "File type txt is not supported"
     assert "could not be read" in (check_blob(tmp_path / "gone.ifc", "gone.ifc") or "")
+    for name, body, ok in (
+        ("a.3dm", b"3D Geometry File Format       1", True),
+        ("a.3dm", b"not rhino", False),
+        ("a.dwg", b"AC1032" + bytes(100), True),
+        ("a.ply", b"ply\nformat ascii 1.0\n", True),
+        ("a.stl", b"solid cube\n", True),
+        ("a.stl", bytes(84), True),
+        ("a.stl", b"tiny", False),
+        ("a.obj", b"v 0 0 0\n", True),
+    ):
+        (tmp_path / name).write_bytes(body)
+        assert (check_blob(tmp_path / name, name) is None) is ok, (name, body)
 
 
 # ---- the IFC sample writer ----------------------------------------------------------------------

@@ -164,11 +164,11 @@ def test_uploads_and_failures_leak_no_token_and_no_signature(
         code, _, err = run(
             capsys, leaks, "upload", str(scans / "hall.e57"), "--to", "matterport", *mp, *common
         )
-        assert code == 1 and "refused the credentials" in err
+        assert code == 3 and "refused the credentials" in err  # 3: authentication
         monkeypatch.setenv("MATTERPORT_TOKEN_SECRET", TOKEN_SECRET)
         monkeypatch.setenv("SPECKLE_TOKEN", SPECKLE_TOKEN + "x")
         code, _, err = run(capsys, leaks, "upload", str(fresh), "--to", "speckle", *sp, *common)
-        assert code == 1 and "SPECKLE_TOKEN is not valid" in err
+        assert code == 3 and "SPECKLE_TOKEN is not valid" in err
         monkeypatch.setenv("SPECKLE_TOKEN", SPECKLE_TOKEN)
         sb.store.faults = FaultPlan(rates={"expired": 1.0}, max_faulty_attempts=99)
         code, _, err = run(
@@ -326,7 +326,7 @@ def test_tokens_from_a_0600_credentials_file(
         monkeypatch.setenv("SPECKLE_TOKEN", "not-the-token")
         write_sample_ifc(model, 64 * KiB, seed=2)
         code, _, err = run(capsys, leaks, "upload", str(model), "--to", "speckle", *sp)
-        assert code == 1 and "SPECKLE_TOKEN is not valid" in err
+        assert code == 3 and "SPECKLE_TOKEN is not valid" in err
         monkeypatch.delenv("SPECKLE_TOKEN")
 
         # Open to others: refused before anything is sent, and nothing of it is shown.

@@ -39,12 +39,12 @@ from engine.journal import (
     IngestionStarted,
     Journal,
     Mark,
+    SpeckleApiChosen,
     UploadStarted,
     UploadVoided,
 )
 from engine.models import FileInfo
 from engine.providers.speckle import (
-    START_FILE_INGESTION,
     Ingestion,
     Speckle,
     SpeckleCredentials,
@@ -63,8 +63,10 @@ pytestmark = pytest.mark.anyio
 TOKEN = "sandbox-token"
 PROJECT = "sandbox-project"
 SIZE = 200_000
-#: The GraphQL operations of one upload into a new model (ingestion done at the first poll).
+#: The GraphQL operations of one upload into a new model (ingestion done at the first poll); the
+#: first file of an uploader asks what the server offers (its API and size limit) first.
 NEW_MODEL_OPERATIONS = [
+    "SpeckleServer",
     "ProjectModelByName",
     "CreateModel",
     "GenerateFileUploadUrl",
@@ -144,6 +146,31 @@ async def upload(
     return SpeckleResult.from_upload(result), target
 
 
+class BeforeWaiting:
+    """The clock's waits and the calls up to the first ingestion status: what follows depends
+    on how soon the sandbox decides the ingestion (its content check runs in a thread)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.sleeps: int | None = None
+
+    def __call__(self, event: Event) -> None:
+        status = isinstance(event, Phase) and event.message.startswith("ingestion ")
+        if self.sleeps is None and status:
+            self.sleeps = len(self.clock.slept)
+
+    @property
+    def slept(self) -> list[float]:
+        return self.clock.slept[: self.sleeps]
+
+    @staticmethod
+    def calls(target: SpeckleFileTarget) -> list[str]:
+        """The calls up to the first status poll; every later one is a poll."""
+        first = target.calls.index("Ingestion") + 1
+        assert set(target.calls[first:]) <= {"Ingestion"}
+        return target.calls[:first]
+
+
 def assert_ingested_once(sb: Sandbox, result: SpeckleResult, source_md5: str) -> None:
     p = plane(sb)
     assert p.ingested_md5[result.file_id] == source_md5
@@ -180,6 +207,7 @@ async def test_new_model_operations_and_journal(tmp_path: Path) -> None:
     assert requested is not None and requested.etag == result.upload.parts[0].etag
     assert datetime.fromisoformat(requested.requested_at).tzinfo is not None
     assert st.get(IngestionStarted) == IngestionStarted(ingestion_id=result.ingestion_id)
+    assert st.get(SpeckleApiChosen) == SpeckleApiChosen(api="v3")  # asked before the start
     assert st.marks == {Mark.INGESTION_REQUESTED}
     assert result.upload.remote == SpeckleVersion(
         project_id=PROJECT,
@@ -188,7 +216,8 @@ async def test_new_model_operations_and_journal(tmp_path: Path) -> None:
         ingestion_id=result.ingestion_id,
         version_id=result.version_id,
     )
-    assert st.done == result.upload.remote.to_record()
+    record = result.upload.remote.to_record()
+    assert st.done is not None and {k: st.done[k] for k in record} == record
 
 
 async def test_progress_is_reported_as_phases(tmp_path: Path) -> None:
@@ -212,8 +241,17 @@ async def test_progress_is_reported_as_phases(tmp_path: Path) -> None:
     assert len(messages) == len(set(messages))  # one event per change, not one per poll
 
 
-@pytest.mark.parametrize("name", ["main", "MAIN"])
-async def test_existing_model_by_name(tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "found_by"),
+    [
+        ("main", ["ProjectModelByName"]),
+        # modelByName matches the stored name exactly (its dataloader keys rows by name:
+        # core/graph/dataloaders/index.ts), a create of "MAIN" is refused as taken, and the
+        # case-insensitive search finds "main".
+        ("MAIN", ["ProjectModelByName", "CreateModel", "ProjectModelByName", "ProjectModelSearch"]),
+    ],
+)
+async def test_existing_model_by_name(tmp_path: Path, name: str, found_by: list[str]) -> None:
     path, digest = ifc(tmp_path)
     async with sandbox() as sb:
         main = plane(sb).model_by_name(PROJECT, "main")
@@ -221,12 +259,13 @@ async def test_existing_model_by_name(tmp_path: Path, name: str) -> None:
         result, target = await upload(sb, path, model_name=name)
         assert result.model_id == main.id
         assert target.calls == [
-            "ProjectModelByName",
+            "SpeckleServer",
+            *found_by,
             "GenerateFileUploadUrl",
             "StartFileIngestion",
             "Ingestion",
         ]
-        assert plane(sb).calls["modelMutations.create"] == 0
+        assert len(plane(sb).models) == 1  # no second model
         assert_ingested_once(sb, result, digest)
 
 
@@ -237,7 +276,7 @@ async def test_existing_model_by_id(tmp_path: Path) -> None:
         assert model is not None
         result, target = await upload(sb, path, model_id=model.id)
         assert result.model_id == model.id
-        assert target.calls[0] == "ProjectModel"
+        assert target.calls[:2] == ["SpeckleServer", "ProjectModel"]
         assert "CreateModel" not in target.calls
         assert_ingested_once(sb, result, digest)
 
@@ -310,19 +349,23 @@ async def test_additional_header_is_required_and_sent(tmp_path: Path) -> None:
 # ---- GraphQL throttling and the completion rule --------------------------------------------------
 
 
-@pytest.mark.parametrize("every", [2, 4])
+@pytest.mark.parametrize("every", [2, 5])
 async def test_rate_limits_are_survived(tmp_path: Path, every: int) -> None:
     path, digest = ifc(tmp_path)
     clock = fake_clock()
+    before = BeforeWaiting(clock)
     async with sandbox(rate_limit_every=every, retry_after=0.01) as sb:
-        result, target = await upload(sb, path, clock=clock)
+        result, target = await upload(sb, path, clock=clock, on_event=before)
         assert_ingested_once(sb, result, digest)
-        assert plane(sb).stats()["rate_limited"] >= 1
-        assert len(clock.slept) == plane(sb).stats()["rate_limited"]  # one wait per 429
-        if every == 4:
-            # The 4th request (startFileIngestion) was throttled: a 429 is refused before the
+        limited = plane(sb).stats()["rate_limited"]
+        assert limited >= 1
+        assert before.slept == [0.01] * len(before.slept) and len(before.slept) >= 1
+        if every == 5:
+            # The 5th request (startFileIngestion) was throttled: a 429 is refused before the
             # server runs anything, so it is simply sent again, and registered exactly once.
-            assert target.calls == [
+            assert len(before.slept) == limited == 1  # one wait per 429, as long as it asked
+            assert BeforeWaiting.calls(target) == [
+                "SpeckleServer",
                 "ProjectModelByName",
                 "CreateModel",
                 "GenerateFileUploadUrl",
@@ -349,18 +392,21 @@ async def test_crash_between_put_and_completion_resumes_without_put(tmp_path: Pa
 
         result, target = await upload(sb, path, journal=journal)
         assert puts(sb) == 1  # nothing sent again
-        assert target.calls == ["ProjectModelByName", "StartFileIngestion", "Ingestion"]
+        assert target.calls == [
+            "SpeckleServer",
+            "ProjectModelByName",
+            "StartFileIngestion",
+            "Ingestion",
+        ]
         assert result.upload.bytes_sent == 0
         assert_ingested_once(sb, result, digest)
 
-        # A finished file is not touched again.
+        # A finished file is not uploaded or ingested again.
         again, target = await upload(sb, path, journal=journal)
-        assert target.calls == []
-        assert dataclasses.replace(again, upload=result.upload, seconds=0) == dataclasses.replace(
-            result, seconds=0
-        )
+        assert not {"GenerateFileUploadUrl", "StartFileIngestion"} & set(target.calls)
         assert again.upload.remote == result.upload.remote  # rebuilt typed from the journal
-        assert plane(sb).calls["startFileIngestion"] == 1
+        assert (again.version_id, again.ingestion_id) == (result.version_id, result.ingestion_id)
+        assert plane(sb).calls["startFileIngestion"] == 1 and puts(sb) == 1
 
 
 async def test_crash_while_polling_never_starts_twice(tmp_path: Path) -> None:
@@ -378,7 +424,7 @@ async def test_crash_while_polling_never_starts_twice(tmp_path: Path) -> None:
         assert plane(sb).calls["startFileIngestion"] == 1
 
         result, target = await upload(sb, path, journal=journal, clock=SystemClock())
-        assert set(target.calls) == {"Ingestion"}
+        assert set(target.calls) <= {"SpeckleServer", "Ingestion"}  # waited on, not started
         assert puts(sb) == 1
         assert_ingested_once(sb, result, digest)
 
@@ -387,7 +433,7 @@ class _StartAnswerLost(Ingestion):
     """startFileIngestion reaches the server, then the process dies before it hears back."""
 
     async def send_start(self, etag: str) -> str:
-        await self.gql.execute(START_FILE_INGESTION, self.start_variables(etag), retry=False)
+        await self.flow.send(etag)
         raise KeyboardInterrupt
 
 
@@ -408,14 +454,18 @@ async def test_lost_answer_is_found_not_duplicated(tmp_path: Path) -> None:
         assert Mark.INGESTION_REQUESTED in lost.marks and lost.get(IngestionStarted) is None
 
         clock = fake_clock()
-        result, target = await upload(sb, path, journal=journal, clock=clock)
+        before = BeforeWaiting(clock)
+        result, target = await upload(sb, path, journal=journal, clock=clock, on_event=before)
         assert result.ingestion_id == ingestion_id
-        assert sum(clock.slept) == 0  # nothing was unsure: no pause before sending again
+        assert sum(before.slept) == 0  # nothing was unsure: no pause before sending again
         assert puts(sb) == 1
-        # The sandbox's schema has no Model.ingestionHistory, so the exact lookup is refused
-        # (GRAPHQL_VALIDATION_FAILED); the call is sent once more, refused as already registered,
-        # and the model's latest ingestion since the journaled request is ours.
-        assert target.calls == [
+        # The history by blob is not a query the sandbox can answer (its ingestionHistory has
+        # another shape, and the public server has none): not found that way, and not asked
+        # again. Project.blob is not in the sandbox's schema either (the introspection says so),
+        # so the start is sent once more, refused as already registered, and the model's latest
+        # ingestion since the journaled request is ours.
+        assert BeforeWaiting.calls(target) == [
+            "SpeckleServer",
             "ModelIngestionHistory",
             "StartFileIngestion",
             "ModelLatestIngestion",
@@ -432,24 +482,26 @@ async def test_unknown_outcome_is_looked_up_then_sent_after_a_pause(
     tmp_path: Path, base: float, least: float, most: float
 ) -> None:
     path, digest = ifc(tmp_path)
-    # One attempt per call: the 4th request (startFileIngestion) is throttled and given up on,
+    # One attempt per call: the 5th request (startFileIngestion) is throttled and given up on,
     # so its outcome is unknown to the client (the sandbox refused it before running it).
     config = dataclasses.replace(CONFIG, max_attempts=1, backoff_base=base, backoff_cap=base)
     clock = fake_clock()
-    async with sandbox(rate_limit_every=4) as sb:
-        result, target = await upload(sb, path, clock=clock, config=config)
-        assert target.calls == [
+    before = BeforeWaiting(clock)
+    async with sandbox(rate_limit_every=5) as sb:
+        result, target = await upload(sb, path, clock=clock, config=config, on_event=before)
+        assert BeforeWaiting.calls(target) == [
+            "SpeckleServer",
             "ProjectModelByName",
             "CreateModel",
             "GenerateFileUploadUrl",
             "StartFileIngestion",
-            "ModelIngestionHistory",  # not in the sandbox's schema: nothing to look up by file
+            "ModelIngestionHistory",  # not a query the sandbox answers: nothing found by file
             "StartFileIngestion",
             "Ingestion",
         ]
         assert_ingested_once(sb, result, digest)
     # The pause before sending again: the policy's backoff, never less than poll_interval.
-    (pause,) = clock.slept
+    (pause,) = before.slept
     assert least <= pause <= most
 
 
@@ -498,17 +550,34 @@ async def test_failed_ingestion_reruns_from_the_start(tmp_path: Path) -> None:
         assert list(p.versions) == [result.version_id]
 
 
-async def test_ingestion_deadline(tmp_path: Path) -> None:
+async def test_ingestion_deadline_with_the_live_status(tmp_path: Path) -> None:
     path, _ = ifc(tmp_path)
     clock = fake_clock()
+    events: list[Event] = []
     async with sandbox(step_delay=10.0) as sb:
         target = client(sb, ingestion_deadline=0.05).target(project_id=PROJECT)
         with pytest.raises(ProcessingError, match=r"still queued after 0\.05 s") as err:
+            await upload(sb, path, target=target, clock=clock, events=events)
+        assert plane(sb).stats()["subscriptions"] == 1  # it waited on the subscription
+    assert err.value.code == "deadline" and "--processing-timeout" in str(err.value)
+    # Live: one poll at once (a change before the subscription started is not missed), then
+    # the subscription until the deadline, then one poll to be sure.
+    assert clock.slept == pytest.approx([0.05])
+    assert target.calls.count("Ingestion") == 2
+    phases = [e.message for e in events if isinstance(e, Phase)]
+    assert "ingestion queued: scan.ifc is queued for import (1 s left)" in phases
+
+
+async def test_ingestion_deadline_by_polling(tmp_path: Path) -> None:
+    path, _ = ifc(tmp_path)
+    clock = fake_clock()
+    async with sandbox(step_delay=10.0, speckle_api="v2") as sb:  # v2: no subscription
+        target = client(sb, ingestion_deadline=0.05).target(project_id=PROJECT)
+        with pytest.raises(ProcessingError, match=r"file import \w+ still queued after 0\.05 s"):
             await upload(sb, path, target=target, clock=clock)
-    assert err.value.code == "deadline"
     # poll_interval 0.01 growing by half per poll, never sleeping past the deadline.
     assert clock.slept == pytest.approx([0.01, 0.015, 0.0225, 0.0025])
-    assert target.calls.count("Ingestion") == 5
+    assert target.calls.count("ModelUploads") == 5
 
 
 # ---- errors --------------------------------------------------------------------------------------
@@ -554,17 +623,22 @@ async def test_unknown_model_id(tmp_path: Path) -> None:
     path, _ = ifc(tmp_path)
     async with sandbox() as sb:
         err = await _refused(sb, path, model_id="0123456789")
-        assert isinstance(err, NotFoundError) and err.code == "MODEL_NOT_FOUND"
+        # core/graph/resolvers/models.ts: Project.model answers BranchNotFoundError
+        assert isinstance(err, NotFoundError) and err.code == "BRANCH_NOT_FOUND"
+        assert "model not found" in str(err)
         assert plane(sb).calls["generateUploadUrl"] == 0 and puts(sb) == 0
 
 
-async def test_user_input_error(tmp_path: Path) -> None:
+async def test_the_servers_limit_is_refused_before_any_byte(tmp_path: Path) -> None:
     path, _ = ifc(tmp_path)
-    async with sandbox(size_limit=SIZE // 2) as sb:  # the server's limit, below the file
+    async with sandbox(size_limit=SIZE // 2) as sb:  # blobSizeLimitBytes, below the file
         err = await _refused(sb, path)
-        assert isinstance(err, InvalidRequestError) and err.code == "USER_INPUT_ERROR"
-        assert str(err).startswith("StartFileIngestion: request rejected: File size exceeds")
-        assert plane(sb).calls["startFileIngestion"] == 1  # not retried, not recovered
+        assert isinstance(err, TooLargeError)
+        assert str(err) == (
+            f"{path}: {SIZE} bytes exceed this Speckle server's file size limit of {SIZE // 2} "
+            "bytes (serverInfo.configuration.blobSizeLimitBytes)"
+        )
+        assert puts(sb) == 0 and plane(sb).calls["generateUploadUrl"] == 0
 
 
 async def test_invalid_model_name(tmp_path: Path) -> None:
@@ -591,7 +665,7 @@ def _sparse(path: Path, size: int, head: bytes) -> Path:
         ("scan.ifc", b"ISO-10303-21;\n", SIZE, SIZE - 1, TooLargeError, f"{SIZE - 1} bytes"),
         ("scan.ifc", b"solid cube\n", SIZE, None, FormatError, "not an IFC file"),
         ("cloud.e57", b"ISO-10303-21;\n", SIZE, None, FormatError, "not an E57 file"),
-        ("mesh.obj", b"v 0 0 0\n", SIZE, None, FormatError, ".obj"),
+        ("README", b"ISO-10303-21;\n", SIZE, None, FormatError, "no extension: not a format"),
         ("empty.ifc", b"", 0, None, FormatError, "not an IFC file"),
     ],
 )

@@ -222,8 +222,10 @@ def test_pacing_spreads_the_last_points_over_the_window() -> None:
     pacer.seen({"X-RateLimit-Remaining": "40"})
     assert pacer.reserve() == 0.0
     pacer.seen({"X-RateLimit-Remaining": "3"})
-    assert [pacer.reserve() for _ in range(4)] == [0.25, 1 / 3, 0.5, 1.0]
-    assert pacer.reserve() == 1.0  # nothing left: a whole window
+    # Requests sent at once take the next free slots, a slot being window / (left + 1).
+    assert [pacer.reserve() for _ in range(5)] == pytest.approx(
+        [0.0, 0.25, 0.25 + 1 / 3, 0.25 + 1 / 3 + 0.5, 0.25 + 1 / 3 + 0.5 + 1.0]
+    )
     pacer.seen({"X-RateLimit-Remaining": "0"})
     clock._elapsed += 1.5  # the window has turned over since: no pause
     assert pacer.reserve() == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import orjson
@@ -11,8 +12,17 @@ from engine.cli.progress import ProgressView
 from engine.events import BytesSent, FileFailed, FileFinished, FileStarted, PartRetry, Phase
 from engine.models import UploadResult
 
-A = Path("/scans/site-a/scan.e57")
-B = Path("/scans/site-b/scan.e57")  # the same name in another folder
+ROOT = Path("/scans")
+A = ROOT / "site-a" / "scan.e57"
+B = ROOT / "site-b" / "scan.e57"  # the same name in another folder
+STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} ")
+
+
+def unstamped(text: str) -> list[str]:
+    """The log's lines without their times (each must have one)."""
+    lines = text.splitlines()
+    assert all(STAMP.match(line) for line in lines), lines
+    return [STAMP.sub("", line) for line in lines]
 
 
 def finished(path: Path, size: int) -> FileFinished:
@@ -21,18 +31,21 @@ def finished(path: Path, size: int) -> FileFinished:
 
 def test_log_mode_prints_one_line_per_file_event_and_redacts() -> None:
     out = io.StringIO()
-    with ProgressView("log", total_files=1, total_bytes=10, stream=out) as view:
+    with ProgressView(
+        "log", total_files=1, total_bytes=10, stream=out, level="INFO", root=ROOT
+    ) as view:
         view(FileStarted(A, 10, 2, 0, 0))
         view(BytesSent(A, 1, 5))
         url = "http://h/blob/k?X-Signature=s3cr3t"
         view(PartRetry(A, 1, 1, f"reset while writing to {url}", 0.5, 5))
         view(Phase(A, "ingestion processing", 0.5))
         view(finished(A, 10))
-    lines = out.getvalue().splitlines()
-    assert lines[0] == "scan.e57: started, 10 B in 2 parts"
+    lines = unstamped(out.getvalue())
+    assert lines[0] == "site-a/scan.e57: started, 10 B in 2 parts"  # named under the root
     assert "retrying in 0.50 s" in lines[1] and "s3cr3t" not in out.getvalue()
-    assert lines[2] == "scan.e57: ingestion processing (50%)"
-    assert lines[3].startswith("scan.e57: done, 10 B in 2.00 s")
+    assert lines[2] == "site-a/scan.e57: ingestion processing (50%)"
+    assert lines[3].startswith("site-a/scan.e57: done, 10 B in 2.00 s")
+    assert lines[3].endswith(", 1 retry")
     assert len(lines) == 4  # byte progress is not logged line by line
     assert view.retries == 1 and view.files_done == 1 and view.sent == 0
 
@@ -66,6 +79,6 @@ def test_a_stopped_file_is_not_reported_as_failed() -> None:
     from engine.errors import InterruptedUpload
 
     out = io.StringIO()
-    with ProgressView("log", total_files=1, total_bytes=10, stream=out) as view:
+    with ProgressView("log", total_files=1, total_bytes=10, stream=out, root=ROOT) as view:
         view(FileFailed(A, InterruptedUpload("2 of 4 parts left")))
-    assert out.getvalue() == "scan.e57: stopped (resumable): 2 of 4 parts left\n"
+    assert unstamped(out.getvalue()) == ["site-a/scan.e57: stopped (resumable): 2 of 4 parts left"]

@@ -38,6 +38,7 @@ __all__ = [
     "MODEL_BY_NAME",
     "MODEL_INGESTION_HISTORY",
     "MODEL_LATEST_INGESTION",
+    "MODEL_SEARCH",
     "MODEL_UPLOADS",
     "PLATFORM",
     "PROJECT_BLOB",
@@ -87,6 +88,7 @@ API_MARKERS: Final = {
     "history": ("Model", "ingestionHistory"),
     "uploads": ("Model", "uploads"),
     "headers": ("GenerateFileUploadUrlOutput", "additionalRequestHeaders"),
+    "blob": ("Project", "blob"),
 }
 
 # ---- the server ----------------------------------------------------------------------------------
@@ -127,6 +129,17 @@ query ProjectModelByName($projectId: String!, $name: String!) {
     modelByName(name: $name) { id name }
   }
 }"""
+
+MODEL_SEARCH: Final = """
+query ProjectModelSearch($projectId: String!, $search: String!) {
+  project(id: $projectId) {
+    models(limit: 100, filter: { search: $search }) { items { id name } }
+  }
+}"""
+"""Models whose name holds ``search``, case-insensitively (``Project.models``): where
+``modelByName`` misses a model whose name differs only in case (its dataloader keys the rows
+by their stored name: ``core/graph/dataloaders/index.ts``) while a create of that name is
+refused as taken."""
 
 CREATE_MODEL: Final = """
 mutation CreateModel($input: CreateModelInput!) {

@@ -74,6 +74,7 @@ _NOT_FOUND: Final[dict[str, str]] = {
     "MODEL_NOT_FOUND": "model not found",
     "NOT_FOUND": "not found",
     "NOT_FOUND_ERROR": "not found",
+    "COMMIT_NOT_FOUND": "version not found",
     "FILE_IMPORT_JOB_NOT_FOUND": "file import not found",
 }
 _REFUSED: Final[dict[str, tuple[type[RemoteError], str]]] = {

@@ -70,7 +70,6 @@ from engine.providers.speckle.documents import (
 from engine.providers.speckle.errors import input_refusal, is_unsupported
 from engine.providers.speckle.live import LiveFeed
 from engine.providers.speckle.results import SpeckleVersion
-from engine.providers.speckle.server import tolerant
 from engine.providers.speckle.status import IngestionStatus, Watch, read_status
 from engine.retry import RetryPolicy
 from engine.target import TargetContext
@@ -140,12 +139,20 @@ class Flow(ABC):
     noun: ClassVar[str] = "ingestion"
 
     def __init__(
-        self, gql: GraphQLClient, ctx: TargetContext, blob: Blob, server: ServerApi
+        self, gql: GraphQLClient, ctx: TargetContext, blob: Blob, session: SpeckleSession
     ) -> None:
         self.gql = gql
         self.ctx = ctx
         self.blob = blob
-        self.server = server
+        self.session = session
+
+    @property
+    def server(self) -> ServerApi:
+        return self.session.server
+
+    async def ask(self, document: str, variables: dict[str, Any]) -> Any:
+        """A lookup the server may not be able to answer: its data, or ``None``."""
+        return await self.session.ask(self.gql, document, variables)
 
     @abstractmethod
     async def send(self, etag: str) -> str:
@@ -172,10 +179,10 @@ class Flow(ABC):
 
     async def blob_state(self) -> tuple[str, str]:
         """(``pending`` | ``registered`` | ``failed`` | ``unknown``, the blob's error)."""
-        if not self.blob.file_id:
+        if not self.blob.file_id or not self.server.blob:
             return "unknown", ""
         variables = {"projectId": self.blob.project_id, "blobId": self.blob.file_id}
-        blob = dig(await tolerant(self.gql, PROJECT_BLOB, variables), "project", "blob")
+        blob = dig(await self.ask(PROJECT_BLOB, variables), "project", "blob")
         state = _BLOB_STATES.get(dig(blob, "uploadStatus"), "unknown")
         return state, str(dig(blob, "uploadError") or "")
 
@@ -197,14 +204,14 @@ class IngestionFlow(Flow):
         if not self.server.history:
             return ""
         variables = {**self.blob.model, "limit": _HISTORY_LIMIT}
-        data = await tolerant(self.gql, MODEL_INGESTION_HISTORY, variables)
+        data = await self.ask(MODEL_INGESTION_HISTORY, variables)
         for item in dig(data, "project", "model", "ingestionHistory", "items") or ():
             if dig(item, "handler", "blobId") == self.blob.file_id:
                 return str(dig(item, "id") or "")
         return ""
 
     async def find_latest(self) -> str:
-        data = await tolerant(self.gql, MODEL_LATEST_INGESTION, self.blob.model)
+        data = await self.ask(MODEL_LATEST_INGESTION, self.blob.model)
         latest = dig(data, "project", "model", "latestIngestion")
         requested = self.ctx.journal.state.get(IngestionRequested)
         when = parse_time(requested.requested_at) if requested is not None else None

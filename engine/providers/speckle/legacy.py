@@ -30,6 +30,7 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -57,7 +58,6 @@ from engine.providers.speckle.documents import (
 )
 from engine.providers.speckle.errors import SpeckleCredentials
 from engine.providers.speckle.ingestion import Flow, parse_time, since
-from engine.providers.speckle.server import tolerant
 from engine.providers.speckle.status import IngestionStatus, read_upload
 from engine.redact import redact
 from engine.retry import RetryPolicy, parse_retry_after
@@ -65,7 +65,7 @@ from engine.source import FileSource
 from engine.transport import RangeBody
 from engine.wait import Attempts
 
-__all__ = ["FileImportFlow", "RestFlow", "rest_outcome"]
+__all__ = ["FileImportFlow", "RestFlow", "rest_form", "rest_outcome"]
 
 _UPLOADS_LIMIT: Final = 25  # recent uploads of the model searched for ours
 _REST: Final = "UploadFile"  # how messages name the legacy POST
@@ -90,11 +90,11 @@ class FileImportFlow(Flow):
         """The model's recent uploads, newest first ([] when the server cannot list them)."""
         if self.server.uploads:
             variables = {**self.blob.model, "limit": _UPLOADS_LIMIT}
-            data = await tolerant(self.gql, MODEL_UPLOADS, variables)
+            data = await self.ask(MODEL_UPLOADS, variables)
             items = dig(data, "project", "model", "uploads", "items")
         else:
             project = {"projectId": self.blob.project_id}
-            data = await tolerant(self.gql, STREAM_FILE_UPLOADS, project)
+            data = await self.ask(STREAM_FILE_UPLOADS, project)
             every = dig(data, "stream", "fileUploads") or ()
             items = [u for u in every if dig(u, "modelId") in (None, self.blob.model_id)]
         return list(items) if isinstance(items, list) else []
@@ -181,17 +181,8 @@ class RestFlow(FileImportFlow):
                 sent[1] = fraction
                 self.ctx.phase("uploading through the legacy REST route", fraction)
 
-        body = RangeBody(
-            fd,
-            PartSpec(1, 0, size),
-            chunk_size=self.ctx.config.chunk_size,
-            on_progress=progress,
-            md5=False,
-            zero_copy=False,
-        )
-        body.set_content_disposition("form-data", name="file", filename=self.ctx.file.path.name)
-        form = aiohttp.MultipartWriter("form-data")
-        form.append_payload(body)  # the size is known: aiohttp sends a Content-Length
+        name, chunk = self.ctx.file.path.name, self.ctx.config.chunk_size
+        form, body = rest_form(fd, name, size, chunk, progress)
         try:
             async with self.ctx.http.post(
                 self.url, data=form, headers=self._credentials.headers()
@@ -200,10 +191,30 @@ class RestFlow(FileImportFlow):
                 wait = parse_retry_after(r.headers.get("Retry-After"))
                 status = r.status
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            if body.error is not None:
+            if body.error is not None:  # a source failure (the file shrank), unwrapped
                 raise body.error from None
             return ServiceError(f"{_REST}: cannot reach {redact(self.url)}: {type(exc).__name__}")
         return rest_outcome(status, raw, wait)
+
+
+def rest_form(
+    fd: int, name: str, size: int, chunk_size: int, progress: Callable[[int], None]
+) -> tuple[aiohttp.MultipartWriter, RangeBody]:
+    """The POST body and its file part: one ``file`` field streamed from ``fd`` a chunk at a
+    time (the engine's positional reads, no hashing, no sendfile); its ``size`` is known, so
+    aiohttp sends a ``Content-Length`` instead of a chunked body."""
+    body = RangeBody(
+        fd,
+        PartSpec(1, 0, size),
+        chunk_size=chunk_size,
+        on_progress=progress,
+        md5=False,
+        zero_copy=False,
+    )
+    body.set_content_disposition("form-data", name="file", filename=name)
+    form = aiohttp.MultipartWriter("form-data")
+    form.append_payload(body)
+    return form, body
 
 
 def _message(raw: bytes) -> tuple[str, str]:

@@ -10,8 +10,8 @@ fractional) and ``X-RateLimit-Reset``; ``engine.graphql`` waits that out (up to 
 Rules (``Pacer.reserve`` is pure bookkeeping; only ``pause`` waits, on the services' clock):
 - no header seen, or the last one older than one window: no pause;
 - more than ``low`` points left: no pause;
-- at or below ``low``: what is left is spread over one window, ``window / (left + 1)``
-  seconds before the request;
+- at or below ``low``: what is left is spread over one window: requests go one slot apart,
+  a slot being ``window / (left + 1)`` seconds, so the points left last at least the window;
 - every request sent counts against the estimate until the next answer says otherwise, so
   files sending at once space out instead of all reading the same number.
 """
@@ -38,6 +38,7 @@ class Pacer:
         self._window = window
         self._left: int | None = None
         self._at = 0.0
+        self._next = 0.0  # when the next held-back request may go
         self.paused = 0  # requests that were held back (for reports and tests)
 
     def __repr__(self) -> str:
@@ -55,13 +56,19 @@ class Pacer:
         self._at = self._clock.monotonic()
 
     def reserve(self) -> float:
-        """Seconds to hold the next request back (and count it against what is left)."""
-        if self._left is None or self._clock.monotonic() - self._at > self._window:
+        """Seconds to hold the next request back; it takes the next free slot (requests of
+        several files are staggered, not held the same time and sent together)."""
+        now = self._clock.monotonic()
+        if self._left is None or now - self._at > self._window:
             self._left = None
             return 0.0
         left = self._left
         self._left = max(0, left - 1)
-        return 0.0 if left > self._low else self._window / (left + 1)
+        if left > self._low:
+            return 0.0
+        start = max(now, self._next)
+        self._next = start + self._window / (left + 1)
+        return start - now
 
     async def pause(self) -> None:
         delay = self.reserve()

@@ -39,6 +39,7 @@ import anyio
 from engine.errors import AuthenticationError, PermissionDeniedError, RemoteError
 from engine.graphql import GraphQLClient, dig
 from engine.providers.speckle.documents import API_MARKERS, SERVER, SERVER_API, SERVER_VERSION
+from engine.providers.speckle.errors import is_unsupported
 from engine.providers.speckle.live import LivePool
 from engine.providers.speckle.pacing import Pacer
 from engine.target import Services
@@ -73,6 +74,7 @@ class ServerApi:
     history: bool = True  # Model.ingestionHistory (tried until refused)
     uploads: bool = True  # Model.uploads (v2 status)
     headers: bool = True  # GenerateFileUploadUrlOutput.additionalRequestHeaders
+    blob: bool = True  # Project.blob (a blob's upload status)
     known: bool = False
 
 
@@ -121,6 +123,7 @@ def choose_api(
         history=has["history"],
         uploads=has["uploads"],
         headers=has["headers"],
+        blob=has["blob"],
         known=True,
     )
 
@@ -178,6 +181,7 @@ class SpeckleSession:
         self.live = LivePool(services, ws_url, token)
         self._api: ServerApi | None = None
         self._lock = anyio.Lock()
+        self._unsupported: set[str] = set()  # documents the server's schema refused
 
     def __repr__(self) -> str:
         return f"<SpeckleSession api={self._api} {self.pacer!r}>"
@@ -189,8 +193,28 @@ class SpeckleSession:
                 self._api = await detect(gql, forced)
             return self._api
 
+    @property
+    def server(self) -> ServerApi:
+        """The server's API (once ``api`` answered)."""
+        assert self._api is not None, "SpeckleSession.api() first"
+        return self._api
+
     def learned(self, **changes: Any) -> ServerApi:
         """Correct a guess once a document told otherwise (e.g. ``headers=False``)."""
-        assert self._api is not None
-        self._api = replace(self._api, **changes)
+        self._api = replace(self.server, **changes)
         return self._api
+
+    async def ask(
+        self, gql: GraphQLClient, document: str, variables: Mapping[str, Any] | None = None
+    ) -> Any:
+        """``tolerant``, and a document the schema refused once is not sent again."""
+        if document in self._unsupported:
+            return None
+        try:
+            return await gql.execute(document, variables, retry=False)
+        except (AuthenticationError, PermissionDeniedError):
+            raise
+        except RemoteError as exc:
+            if is_unsupported(exc):
+                self._unsupported.add(document)
+            return None

@@ -7,7 +7,9 @@ The flow (``POST {server}/graphql``, ``Authorization: Bearer <token>``), per fil
    before any byte is sent; the model: ``model_id`` is checked with ``project.model(id)``; a
    name (default: the file's stem) is looked up with ``project.modelByName`` and created with
    ``modelMutations.create`` when the server says it is absent (``BRANCH_NOT_FOUND`` from the
-   public resolvers, ``MODEL_NOT_FOUND``, ``NOT_FOUND_ERROR``); then, for v3 and v2,
+   public resolvers, ``MODEL_NOT_FOUND``, ``NOT_FOUND_ERROR``); a create refused as taken is
+   a model made meanwhile or one whose name differs only in case (``modelByName`` matches the
+   stored name exactly; ``project.models(filter: {search})`` finds it); then, for v3 and v2,
    ``fileUploadMutations.generateUploadUrl(projectId, fileName)`` → ``url``, ``fileId`` (and,
    on v3, ``additionalRequestHeaders``);
 2. one part: one PUT of the whole file with every additional header and
@@ -26,8 +28,9 @@ Rules:
   API that was asked (``SpeckleApiChosen``), not sent again; a finished file is not touched at
   all (the engine's ``done``);
 - a guess about the API that a document's validation contradicts is corrected where nothing
-  ran: no ``additionalRequestHeaders`` → the v2 ``generateUploadUrl``; no ``generateUploadUrl``
-  → the REST upload; no ``startFileIngestion`` → ``startFileImport`` for the same blob;
+  ran: no ``additionalRequestHeaders`` → the v2 ``generateUploadUrl``; with ``api="auto"``, no
+  ``generateUploadUrl`` → the REST upload and no ``startFileIngestion`` → ``startFileImport``
+  for the same blob (a forced API is not stepped down from: its refusal says so);
 - the current model of the journaled blob is the latest of ``UploadStarted.model_id`` and
   ``ModelChosen.model_id`` (``current_model``).
 """
@@ -60,6 +63,7 @@ from engine.providers.speckle.documents import (
     MAX_UPLOAD_SIZE,
     MODEL_BY_ID,
     MODEL_BY_NAME,
+    MODEL_SEARCH,
     PLATFORM,
 )
 from engine.providers.speckle.errors import (
@@ -71,7 +75,7 @@ from engine.providers.speckle.errors import (
 from engine.providers.speckle.ingestion import Blob, Flow, Ingestion, IngestionFlow
 from engine.providers.speckle.legacy import FileImportFlow, RestFlow
 from engine.providers.speckle.results import SpeckleVersion
-from engine.providers.speckle.server import PacedGraphQL, ServerApi, SpeckleSession
+from engine.providers.speckle.server import PacedGraphQL, SpeckleSession
 from engine.target import Target, TargetContext
 
 if TYPE_CHECKING:
@@ -275,6 +279,11 @@ class SpeckleFileTarget(Target):
             session = self._session(ctx)
             if self.api != "v3" or not is_unsupported(exc):
                 raise
+            if self._speckle.api != "auto":
+                raise InvalidRequestError(
+                    f"{exc}; this server has no v3 ingestion API: use --speckle-api auto",
+                    code=exc.code,
+                ) from None
             # No startFileIngestion in this schema (nothing ran): the v2 import, same blob.
             session.learned(api="v2", live=False)
             self.api = "v2"
@@ -285,7 +294,6 @@ class SpeckleFileTarget(Target):
 
     def _ingestion(self, ctx: TargetContext, blob: Blob, api: str) -> Ingestion:
         s, session = self._speckle, self._session(ctx)
-        server: ServerApi = session.learned()
         gql = self._client(ctx)
         flow: Flow
         if api == "rest":
@@ -294,16 +302,16 @@ class SpeckleFileTarget(Target):
                 gql,
                 ctx,
                 blob,
-                server,
+                session,
                 model_name=name,
                 server_url=s.server,
                 credentials=s.credentials,
                 policy=replace(ctx.services.retry, retry_after_cap=s.retry_after_cap),
             )
         elif api == "v2":
-            flow = FileImportFlow(gql, ctx, blob, server)
+            flow = FileImportFlow(gql, ctx, blob, session)
         else:
-            flow = IngestionFlow(gql, ctx, blob, server)
+            flow = IngestionFlow(gql, ctx, blob, session)
         return self.ingestion_type(flow, session, s.poll_interval, s.ingestion_deadline)
 
     # ---- the model -------------------------------------------------------------------------------
@@ -328,9 +336,11 @@ class SpeckleFileTarget(Target):
                 CREATE_MODEL, {"input": {"projectId": self.project_id, "name": name}}
             )
         except ConflictError:
-            # Taken meanwhile: by another run, or by our own create whose answer was lost.
-            found = await self._model_by_name(gql, name)
+            # Taken: meanwhile (by another run, or by our own create whose answer was lost), or
+            # by a model whose name differs only in case, which modelByName does not find.
+            found = await self._model_by_name(gql, name) or await self._model_like(gql, name)
             if found is not None:
+                ctx.phase(f"model {found[1]!r} exists ({found[0]})")
                 return found
             raise
         created = dig(data, "modelMutations", "create")
@@ -350,13 +360,22 @@ class SpeckleFileTarget(Target):
         model_id = need_str(dig(model, "id"), "ProjectModelByName", PLATFORM, "model id")
         return model_id, str(dig(model, "name") or name)
 
+    async def _model_like(self, gql: GraphQLClient, name: str) -> tuple[str, str] | None:
+        """(id, name) of the model whose name is ``name`` but for case, ``None`` if none."""
+        variables = {"projectId": self.project_id, "search": name}
+        data = await gql.execute(MODEL_SEARCH, variables)
+        for model in dig(data, "project", "models", "items") or ():
+            if str(dig(model, "name") or "").lower() == name.lower() and dig(model, "id"):
+                return str(dig(model, "id")), str(dig(model, "name"))
+        return None
+
     # ---- the upload ------------------------------------------------------------------------------
 
     async def _new_upload(self, ctx: TargetContext) -> None:
         """Ask for a presigned URL; its new fileId voids whatever the journal held. A server
         without ``generateUploadUrl`` turns the file over to the REST upload (``api``)."""
         session = self._session(ctx)
-        server = session.learned()
+        server = session.server
         variables = {"input": {"projectId": self.project_id, "fileName": ctx.file.path.name}}
         document = GENERATE_UPLOAD_URL if server.headers else GENERATE_UPLOAD_URL_V2
         try:
@@ -366,11 +385,15 @@ class SpeckleFileTarget(Target):
                 raise
             if document is GENERATE_UPLOAD_URL:  # no additionalRequestHeaders here
                 session.learned(headers=False)
-            else:  # no presigned upload at all
-                session.learned(api="rest", live=False)
-                self.api = "rest"
-                return
-            return await self._new_upload(ctx)
+                return await self._new_upload(ctx)
+            if self._speckle.api != "auto":
+                raise InvalidRequestError(
+                    f"{exc}; this server has no presigned uploads: use --speckle-api auto",
+                    code=exc.code,
+                ) from None
+            session.learned(api="rest", live=False)  # no presigned upload at all
+            self.api = "rest"
+            return
         out = dig(data, "fileUploadMutations", "generateUploadUrl")
         op = "GenerateFileUploadUrl"
         url = need_str(dig(out, "url"), op, PLATFORM, "upload url")

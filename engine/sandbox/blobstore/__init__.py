@@ -1,4 +1,5 @@
-"""An S3-faithful blob store behind presigned URLs: the storage side of the sandbox.
+"""An S3-faithful blob store behind presigned URLs: the storage side of the sandbox (and, in its
+other modes, an SSE-KMS or SSE-C bucket, or Azure's Put Blob).
 
 Every rule it keeps is something real S3 does, and the client must cope with. Each module keeps
 its own and says them in its docstring:
@@ -10,6 +11,9 @@ its own and says them in its docstring:
 * :mod:`.body` — bodies are streamed, hashed and written on the way, never buffered whole.
 * :mod:`.multipart` — which completions S3 accepts, retried completions, assembling the object.
 * :mod:`.records` — parts, uploads, objects and S3's ETags.
+* :mod:`.modes` — which real store it answers as: plain S3 (default), an SSE-KMS bucket, SSE-C
+  uploads; :mod:`.azure` — Azure Blob Storage's Put Blob behind a SAS; :mod:`.crc64` — Azure's
+  CRC-64 (``x-ms-content-crc64``).
 * :mod:`.keys` — which object keys are safe and the file name each is stored under.
 * :mod:`.errors` — :class:`BlobError` and S3's XML error documents.
 * :mod:`.stats` — the counters :meth:`BlobStore.stats` reports.

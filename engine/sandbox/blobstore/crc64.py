@@ -8,8 +8,9 @@ Rules this module keeps:
   ``uCrc ^= ~0UL`` … ``return uCrc ^ ~0UL``, its table ``m_u1`` with ``m_u1[128] == poly``).
 * **The header carries the 8 bytes little-endian, base64-encoded** (``StorageCrc64Checksum.
   getCrcBytes`` in azure-sdk-for-java: ``ByteOrder.LITTLE_ENDIAN``).
-* Pure Python, byte by byte (about 10-20 MB/s): azure mode is for tests with small bodies; the
-  S3 modes never compute it. :class:`Crc64` is fed from one thread at a time, like the MD5.
+* It is CRC-64/NVME (check value ``0xAE8B14860A799888`` for ``b"123456789"``). Pure Python, byte
+  by byte (about 6 MiB/s here): azure mode is for tests with small bodies; the S3 modes never
+  compute it. :class:`Crc64` is fed from one thread at a time, like the MD5.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ _STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "NoSuchKey": 404,
     "OperationAborted": 409,
     "InternalError": 500,
+    "NotImplemented": 501,
     "InvalidRequest": 400,
     "InvalidEncryptionAlgorithmError": 400,
     # Azure Blob Storage's codes (azure mode), statuses from its common error-code list:

@@ -10,10 +10,11 @@ Rules this module keeps, each one the real server's unless marked:
   ``connection_error`` "You need a token to subscribe" and closes with 1011. Then
   ``connection_ack``, a ``ka`` at once and every ``ws_keepalive`` seconds. ``start`` (``id``,
   ``payload: {query, variables, operationName}``) runs an operation: a syntax error is an
-  ``error`` message; validation errors a ``data`` message with ``errors`` and a ``complete``;
-  each event a ``data`` message; ``stop`` ends it with ``complete``; a second ``start`` with a
-  live id replaces it. A message that is not JSON is a ``connection_error``, an unknown type an
-  ``error`` "Invalid message type!". ``connection_terminate`` closes the socket.
+  ``error`` message (and nothing more); validation errors a ``data`` message with ``errors``
+  and a ``complete``; each event a ``data`` message; ``stop`` ends it with ``complete``; a
+  second ``start`` with a live id replaces it. A message that is not JSON is a
+  ``connection_error``, an unknown type an ``error`` "Invalid message type!";
+  ``connection_terminate`` closes the socket.
 * **Who may subscribe.** A token that names no configured token is let in (the server's
   ``buildContext`` does not refuse it) as an anonymous caller; the subscription then checks
   access at ``start`` (sandbox rule: the server's filters check it at the first event), so a
@@ -49,7 +50,7 @@ from graphql import (
 )
 
 from engine.sandbox.responses import json_response
-from engine.sandbox.speckle.errors import BAD_REQUEST, INTERNAL_SERVER_ERROR
+from engine.sandbox.speckle.errors import BAD_REQUEST, BAD_USER_INPUT, INTERNAL_SERVER_ERROR
 from engine.sandbox.speckle.http import format_error
 from engine.sandbox.speckle.ingestion import ingestion_view, snapshot_for_phase
 from engine.sandbox.speckle.records import Caller, Info, IngestionRecord, StatusSnapshot
@@ -91,7 +92,7 @@ async def ingestion_updates(
     reference = input["ingestionReference"]
     named = {k: v for k, v in reference.items() if v is not None}
     if len(named) != 1:
-        raise GraphQLError(_ONE_OF)
+        raise GraphQLError(_ONE_OF, extensions={"code": BAD_USER_INPUT})
     plane.count("subscriptions")
     return _watch(plane, project_id, named, input.get("messageType"))
 
@@ -211,24 +212,28 @@ class _Session:
     async def _operate(self, op_id: str, payload: Mapping[str, Any]) -> None:
         scope = anyio.CancelScope()
         self._operations[op_id] = scope
+        completes = True
         with scope:
-            await self._execute(op_id, payload)
+            completes = await self._execute(op_id, payload)
         if self._operations.get(op_id) is scope:
             del self._operations[op_id]
-        await self.send({"type": "complete", "id": op_id, "payload": None})
+        if completes:
+            await self.send({"type": "complete", "id": op_id, "payload": None})
 
-    async def _execute(self, op_id: str, payload: Mapping[str, Any]) -> None:
+    async def _execute(self, op_id: str, payload: Mapping[str, Any]) -> bool:
+        """Run one operation, sending its results; whether a ``complete`` follows (not after a
+        document that does not parse: the server unsubscribes before it streams anything)."""
         schema = self.plane.schema
         try:
             document = parse(str(payload.get("query") or ""))
         except GraphQLError as exc:
             await self.send({"type": "error", "id": op_id, "payload": {"message": exc.message}})
-            return
+            return False
         problems = validate(schema, document)
         if problems:
             errors = [format_error(e, INTERNAL_SERVER_ERROR) for e in problems]
             await self.send({"type": "data", "id": op_id, "payload": {"errors": errors}})
-            return
+            return True
         name, variables = payload.get("operationName"), payload.get("variables") or {}
         operation = get_operation_ast(document, name)
         run = (
@@ -247,13 +252,14 @@ class _Session:
             outcome = await outcome
         if isinstance(outcome, ExecutionResult):
             await self._send_result(op_id, outcome)
-            return
+            return True
         try:
             async for result in outcome:
                 await self._send_result(op_id, result)
         finally:
             with anyio.CancelScope(shield=True):
                 await outcome.aclose()
+        return True
 
     async def _send_result(self, op_id: str, result: ExecutionResult) -> None:
         body: dict[str, Any] = {"data": result.data}

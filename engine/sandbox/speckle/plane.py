@@ -176,8 +176,12 @@ class SpecklePlane(FileUploadResolvers):
 
         app.router.add_post("/graphql", self._door(self._graphql, GRAPHQL_ACTION))
         if self.config.api == "v3":
-            # The socket server answers the HTTP upgrade itself, before express: no door.
-            app.router.add_get("/graphql", lambda request: handle_socket(self, request))
+
+            async def socket(request: web.Request) -> web.StreamResponse:
+                # The socket server answers the HTTP upgrade itself, before express: no door.
+                return await handle_socket(self, request)
+
+            app.router.add_get("/graphql", socket)
         else:
 
             async def upload(request: web.Request, caller: Caller) -> web.StreamResponse:

@@ -15,9 +15,10 @@ Rules this module keeps, each one the real server's unless marked (``packages/se
 * **modelByName** goes through a dataloader keyed by the stored name, which is lower case
   (``createBranchFactory``): only the exact stored name finds the model (``Tower`` does not
   find ``tower``).
-* **Models** (``ModelMutations.create``): the name is sanitized (:func:`.records.sanitize_model_name`),
-  a name already taken case-insensitively → ``BRANCH_CREATE_ERROR`` "A branch with this name
-  already exists", then it is stored lower-cased and checked (``BRANCH_NAME_ERROR``).
+* **Models** (``ModelMutations.create``): the name is sanitized
+  (:func:`.records.sanitize_model_name`); a name already taken case-insensitively →
+  ``BRANCH_CREATE_ERROR`` "A branch with this name already exists"; then it is stored lower-cased
+  and checked (``BRANCH_NAME_ERROR``).
   ``models`` lists the most recently updated first, ``versions`` the newest first.
 * **File uploads** (v2, ``modules/fileuploads/graph/resolvers/fileUploads.ts``,
   ``repositories/fileUploads.ts``): ``Model.uploads`` lists a model's uploads, last updated first,

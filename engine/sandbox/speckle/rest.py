@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
@@ -62,6 +62,7 @@ _WARNING: Final = (
     "(to the provided url), then POST /graphql (mutation.fileUploadMutations.startFileImport)"
 )
 _CHUNK: Final = 1 * MiB
+_BROKEN: Final = "Unexpected end of form"  # busboy's error for a body that breaks off
 _PUT_ATTEMPTS: Final = 3  # sandbox rule: the server's S3 client retries (aws-sdk: 3 attempts)
 
 
@@ -128,8 +129,10 @@ def _form_kind(header: str | None) -> str:
 async def _receive(
     plane: Any, request: web.Request, caller: Caller, project_id: str
 ) -> list[dict[str, Any]]:
-    """Store every file part of the body; their upload results, in order."""
+    """Store every file part of the body; their upload results, in order. A body that breaks
+    off marks every blob it started as failed (busboy's ``error``: ``markUploadError``)."""
     results: list[dict[str, Any]] = []
+    before = set(plane._blobs)
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
@@ -137,7 +140,11 @@ async def _receive(
                 await part.release()
                 continue
             results.append(await _receive_file(plane, part, caller, project_id))
-    except (ValueError, AssertionError, aiohttp.ClientError, ConnectionError) as exc:
+    except (ValueError, AssertionError, EOFError, aiohttp.ClientError, ConnectionError) as exc:
+        for file_id in set(plane._blobs) - before:
+            plane._blobs[file_id] = replace(
+                plane._blobs[file_id], status="error", upload_error=_BROKEN
+            )
         raise _BadForm from exc
     return results
 
@@ -186,26 +193,35 @@ async def _store(plane: Any, blob: BlobRecord, path: Path, size: int) -> str | N
     url = plane.store.presign_put(blob.key, expires_in=600, required_headers=required or None)
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size), **required}
     reason = "the blob storage did not answer"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(_PUT_ATTEMPTS):
-            try:
-                async with session.put(url, data=_chunks(path), headers=headers) as response:
-                    await response.read()
-                    if response.status == 200:
-                        return None
-                    reason = f"the blob storage answered HTTP {response.status}"
-                    if response.status < 500 and response.status != 429:
-                        break
-            except (aiohttp.ClientError, OSError) as exc:
-                reason = f"the blob storage could not be reached ({type(exc).__name__})"
+    fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(_PUT_ATTEMPTS):
+                try:
+                    async with session.put(url, data=_chunks(fd, size), headers=headers) as answer:
+                        await answer.read()
+                        if answer.status == 200:
+                            return None
+                        reason = f"the blob storage answered HTTP {answer.status}"
+                        if answer.status < 500 and answer.status != 429:
+                            break
+                except (aiohttp.ClientError, OSError) as exc:
+                    reason = f"the blob storage could not be reached ({type(exc).__name__})"
+    finally:
+        os.close(fd)
     return reason
 
 
-async def _chunks(path: Path) -> AsyncIterator[bytes]:
-    """The spooled file, a chunk at a time (sent with its Content-Length: not chunked)."""
-    async with await anyio.open_file(path, "rb") as f:
-        while data := await f.read(_CHUNK):
-            yield data
+async def _chunks(fd: int, size: int) -> AsyncGenerator[bytes, None]:
+    """The spooled file, a chunk at a time, by position (sent with its Content-Length, so not
+    chunked; it owns no file object, so an unfinished send leaves nothing open)."""
+    offset = 0
+    while offset < size:
+        data = await anyio.to_thread.run_sync(os.pread, fd, min(_CHUNK, size - offset), offset)
+        if not data:
+            return
+        offset += len(data)
+        yield data
 
 
 def _result(
