@@ -142,7 +142,8 @@ def _say_error(exc: Exception) -> int | None:
     ``None``: a bug to re-raise (``UPLOAD_ENGINE_DEBUG`` is set)."""
     if isinstance(exc, UploadError):
         code = exit_code_of(exc)
-        local = code == EXIT_USAGE or (code == EXIT_AUTH and not getattr(exc, "code", ""))
+        unsent = getattr(exc, "code", "") in ("", "NoCredentials", "ProfileNotFound")
+        local = code == EXIT_USAGE or (code == EXIT_AUTH and unsent)  # nothing asked yet
         word = "error" if local else "failed"  # "failed": the platform said no
         print(f"upload-engine: {word}: {redact(one_line(exc))}", file=sys.stderr)
         return code

@@ -3,8 +3,8 @@
 Rules:
 - ``open_cluster(address=...)`` connects to a running scheduler and leaves it running;
   ``open_cluster(workers=N)`` starts N worker processes on this machine (each with
-  ``concurrency`` threads, no dashboard, SIGINT ignored: a terminal's Ctrl-C belongs to the
-  coordinator) and stops them at the end;
+  ``concurrency`` threads, SIGINT ignored: a terminal's Ctrl-C belongs to the coordinator),
+  with the scheduler's HTTP server on a free loopback port, and stops them at the end;
 - neither survives a scheduler that went away: closing then gives up after a few seconds,
   silently, and the client's reconnection attempts stay quiet (the run reports the loss);
 - while a cluster is open, what distributed logs at WARNING and above in this process reaches
@@ -80,7 +80,9 @@ async def open_cluster(
             threads_per_worker=config.concurrency,
             processes=True,
             asynchronous=True,
-            dashboard_address=None,
+            # the scheduler serves HTTP whatever is asked (8787 by default, a warning when
+            # taken): on loopback, on a free port; the workers serve none
+            dashboard_address="127.0.0.1:0",
             worker_dashboard_address=None,
             preload=["engine.cluster.tasks"],  # dask_setup: SIGINT ignored in the workers
             silence_logs=logging.ERROR,  # the workers: errors only (their output is ours)

@@ -112,6 +112,9 @@ class ClusterSender:
     # ---- the PartSender ------------------------------------------------------------------
 
     async def send(self, put: PartPut, on_progress: Callable[[int], None]) -> PutOutcome:
+        """PUT ``put`` on a worker. Workers trust what ``UploadConfig`` says (``ca_bundle``,
+        the same path on every worker) or their system's store: a target's own TLS context
+        (``put.tls``) cannot travel to them."""
         number = put.part.number
         if self.lost is not None:
             raise ClusterLostError(f"part {number}: {self.lost}")
@@ -169,6 +172,7 @@ class ClusterSender:
             if not future.done():
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
                     await self._client.cancel([future])
+            future.release()  # at once: a worker lost later must not run it again
 
     # ---- progress ------------------------------------------------------------------------
 

@@ -13,7 +13,18 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Run", "clean_env", "cli", "json_records", "stamped"]
+__all__ = ["AWS_ENV", "MATTERPORT_ENV", "Run", "clean_env", "cli", "json_records", "stamped"]
+
+#: the in-process/served sandbox's Matterport credentials, and moto's fake AWS ones
+MATTERPORT_ENV = {
+    "MATTERPORT_TOKEN_ID": "sandbox-token-id",
+    "MATTERPORT_TOKEN_SECRET": "sandbox-token-secret",
+}
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 #: a line of the log view: its time first
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} ")

@@ -12,10 +12,8 @@ import pytest
 from engine import KiB
 from engine.sandbox.e57 import write_sample_e57
 from engine.sandbox.ifc import write_sample_ifc
-from tests.functional.cli import Run, clean_env, cli
+from tests.functional.cli import MATTERPORT_ENV, Run, clean_env, cli
 from tests.functional.servers import served_sandbox
-
-MP = {"MATTERPORT_TOKEN_ID": "sandbox-token-id", "MATTERPORT_TOKEN_SECRET": "sandbox-token-secret"}
 
 
 def both(
@@ -81,8 +79,8 @@ def test_missing_credentials_are_3_for_every_destination(tmp_path: Path) -> None
     ("name", "flags", "env_extra", "code"),
     [
         ("scan.e57", ["--to", "matterport", "--organization", "sandbox-org"],
-         {**MP, "MATTERPORT_TOKEN_SECRET": "wrong"}, 3),
-        ("scan.e57", ["--to", "matterport", "--organization", "no-such-org"], MP, 3),
+         {**MATTERPORT_ENV, "MATTERPORT_TOKEN_SECRET": "wrong"}, 3),
+        ("scan.e57", ["--to", "matterport", "--organization", "no-such-org"], MATTERPORT_ENV, 3),
         ("tower.ifc", ["--to", "speckle", "--project", "sandbox-project"],
          {"SPECKLE_TOKEN": "not-a-token"}, 3),
         ("tower.ifc", ["--to", "speckle", "--project", "no-such-project"],

@@ -21,13 +21,12 @@ from engine.sandbox.e57 import write_sample_e57
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.ifc import write_sample_ifc
 from engine.sandbox.matterport import MatterportSandboxConfig
-from tests.functional.cli import clean_env, cli, json_records
+from tests.functional.cli import MATTERPORT_ENV, clean_env, cli, json_records
 from tests.functional.servers import served_sandbox
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "docs" / "json-output.schema.json").read_text()
 )
-MP_ENV = {"MATTERPORT_TOKEN_ID": "sandbox-token-id", "MATTERPORT_TOKEN_SECRET": "sandbox-token-secret"}  # fmt: skip
 
 
 def checked(out: str) -> list[dict[str, Any]]:
@@ -108,7 +107,7 @@ def test_an_interrupted_import_ends_with_ok_false(tmp_path: Path) -> None:
         ]  # fmt: skip
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=clean_env(tmp_path, **MP_ENV),
+            env=clean_env(tmp_path, **MATTERPORT_ENV),
         )  # fmt: skip
         assert proc.stdout is not None
         seen = ""

@@ -18,12 +18,10 @@ from engine import KiB, MiB, PartDone, S3Target, UploadConfig, Uploader
 from engine.cli import main
 from engine.events import Event
 from engine.providers.s3 import S3Clients
-from tests.functional.cli import clean_env, cli, json_records
+from tests.functional.cli import AWS_ENV, clean_env, cli, json_records
 from tests.integration.conftest import moto_endpoint, s3_bucket, s3_client, s3_env
 
 __all__ = ["moto_endpoint", "s3_bucket", "s3_env"]  # the fixtures, used by name
-
-AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -48,7 +46,7 @@ def _objects(endpoint: str, bucket: str) -> dict[str, bytes]:
 def test_import_a_directory_to_a_prefix(tmp_path: Path, moto_endpoint: str, s3_bucket: str) -> None:
     root = tmp_path / "scans"
     files = _tree(root)
-    env = clean_env(tmp_path, **AWS)
+    env = clean_env(tmp_path, **AWS_ENV)
     to = ["--to", f"s3://{s3_bucket}/jobs/7/", "--endpoint-url", moto_endpoint]
     dry = cli("import", str(root), *to, "--dry-run", env=env)
     assert dry.code == 0 and "4 files in 4 uploads" in dry.out, dry.output
@@ -92,7 +90,7 @@ def test_upload_many_files_concurrently_with_one_client(
 
 def test_without_the_s3_extra_and_with_a_directory(tmp_path: Path) -> None:
     (tmp_path / "a.bin").write_bytes(b"x")
-    env = clean_env(tmp_path, **AWS)
+    env = clean_env(tmp_path, **AWS_ENV)
     probe = (
         "import sys; sys.modules['botocore'] = None\n"
         "from engine.cli import main\n"

@@ -42,6 +42,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from engine import KiB, MiB, UploadConfig, Uploader, cli
 from engine.cluster import cluster_sender, open_cluster
+from engine.cluster.tasks import PartJob
+from engine.models import PartRequest, PartSpec
 from engine.providers.matterport import Matterport, MatterportCredentials
 from engine.sandbox.e57 import write_sample_e57
 from tests.functional.test_bulk import (
@@ -433,3 +435,17 @@ def test_bwlimit_caps_a_plain_upload(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert code == 0, capsys.readouterr().err
     assert seconds >= path.stat().st_size / rate * 0.9, seconds  # 0.5 s of sending, at least
     assert seconds < 10, seconds
+
+
+def test_what_dask_may_print_of_a_task_holds_no_signature_and_no_header_value() -> None:
+    request = PartRequest(
+        url="http://127.0.0.1:1/blob/k?X-Signature=s3cr3t&X-Expires=9",
+        headers=(("Authorization", "Bearer t0ken"), ("x-amz-meta-a", "b")),
+    )
+    job = PartJob(
+        "upload-engine-run-0-1-1", "pool", "topic", "/d/a.e57", 10, PartSpec(1, 0, 10),
+        request, 4096, True,
+    )  # fmt: skip
+    for text in (repr(job), str(job), repr((job,))):
+        assert "s3cr3t" not in text and "t0ken" not in text and "X-Expires" not in text, text
+        assert "upload-engine-run-0-1-1" in text and "Authorization" in text  # names, not values

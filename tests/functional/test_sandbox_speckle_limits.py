@@ -175,10 +175,14 @@ async def test_the_limiter_counts_before_the_token_per_source(tmp_path: Path) ->
     )
     async with own_server(tmp_path, config, lambda: now[0]) as (client, _):
         # An invalid token is counted (under its own source) before it is refused.
-        statuses = [(await client.post(PROJECT_QUERY, {"p": PROJECT}, token="x" * 12))[0]]
-        statuses += [(await client.post(PROJECT_QUERY, {"p": PROJECT}, token="x" * 12))[0]]
-        statuses += [(await client.post(PROJECT_QUERY, {"p": PROJECT}, token="x" * 12))[0]]
-        assert statuses == [403, 403, 429]
+        answers = [await client.post(PROJECT_QUERY, {"p": PROJECT}, token="x" * 12) for _ in "123"]
+        assert [
+            (status, headers.get("X-RateLimit-Remaining")) for status, _, headers in answers
+        ] == [
+            (403, "0"),
+            (403, "0"),
+            (429, None),
+        ]
         # Another token is another source (the token past its first 10 characters).
         assert (await client.post(PROJECT_QUERY, {"p": PROJECT}))[0] == 200
         assert (await client.post(PROJECT_QUERY, {"p": PROJECT}, token="other-token-42"))[0] == 200

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
@@ -43,7 +44,7 @@ from engine.journal import (
     UploadStarted,
     UploadVoided,
 )
-from engine.models import FileInfo
+from engine.models import FileInfo, PartResult
 from engine.providers.speckle import (
     Ingestion,
     Speckle,
@@ -77,9 +78,13 @@ CONFIG = UploadConfig(backoff_base=0.0, backoff_cap=0.0, chunk_size=64 * 1024)
 
 
 @asynccontextmanager
-async def sandbox(faults: FaultPlan | None = None, **speckle: Any) -> AsyncIterator[Sandbox]:
+async def sandbox(
+    faults: FaultPlan | None = None, *, discard: bool = False, **speckle: Any
+) -> AsyncIterator[Sandbox]:
     speckle.setdefault("step_delay", 0.0)
-    config = SandboxConfig(speckle=SpeckleSandboxConfig(**speckle), faults=faults or FaultPlan())
+    config = SandboxConfig(
+        speckle=SpeckleSandboxConfig(**speckle), faults=faults or FaultPlan(), discard=discard
+    )
     async with Sandbox(config) as sb:
         yield sb
 
@@ -144,6 +149,34 @@ async def upload(
     async with Uploader(config, on_event=hook, journal=journal, clock=clock or fake_clock()) as up:
         result = await up.upload(path, target)
     return SpeckleResult.from_upload(result), target
+
+
+def journal_a_start(
+    journal: Path, target: SpeckleFileTarget, path: Path, model_id: str, file_id: str, **kw: str
+) -> None:
+    """An earlier run's journal: the blob stored, the start requested and not answered (or,
+    with ``ingestion_id=``, answered with that id)."""
+    j = Journal(journal)
+    fj = j.for_key(target.journal_key(FileInfo.of(path)))
+    fj.begin(FileInfo.of(path))
+    fj.record(UploadStarted(project_id=PROJECT, model_id=model_id, file_id=file_id))
+    fj.part_done(PartResult(1, '"etag"', SIZE))
+    fj.record(SpeckleApiChosen(api="v3"))
+    fj.record(IngestionRequested(etag='"etag"', requested_at="2026-01-01T00:00:00+00:00"))
+    fj.mark(Mark.INGESTION_REQUESTED)
+    if "ingestion_id" in kw:
+        fj.record(IngestionStarted(ingestion_id=kw["ingestion_id"]))
+    j.close()
+
+
+async def raw_graphql(sb: Sandbox, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """One GraphQL request of someone else (the web app, another tool) with the token."""
+    async with aiohttp.ClientSession() as http:
+        body = {"query": query, "variables": variables}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with http.post(f"{sb.url}/graphql", json=body, headers=headers) as r:
+            answer: dict[str, Any] = await r.json()
+            return answer
 
 
 class BeforeWaiting:
@@ -306,15 +339,16 @@ async def test_put_faults_are_retried(tmp_path: Path) -> None:
     faults = FaultPlan(rates={"503": 0.5, "reset": 0.5}, max_faulty_attempts=2)
     events: list[Event] = []
     clock = fake_clock()
+    before = BeforeWaiting(clock)
     async with sandbox(faults=faults) as sb:
-        result, target = await upload(sb, path, events=events, clock=clock)
+        result, target = await upload(sb, path, events=events, clock=clock, on_event=before)
         assert_ingested_once(sb, result, digest)
         assert puts(sb) == 3
         assert target.calls.count("GenerateFileUploadUrl") == 1  # same URL for every attempt
     retries = [e for e in events if isinstance(e, PartRetry)]
     assert [r.attempt for r in retries] == [1, 2]
     assert result.upload.retries == 2
-    assert clock.slept == [r.delay for r in retries]  # every wait went through the clock
+    assert before.slept == [r.delay for r in retries]  # every wait went through the clock
 
 
 async def test_expired_url_gets_a_fresh_one(tmp_path: Path) -> None:
@@ -401,9 +435,9 @@ async def test_crash_between_put_and_completion_resumes_without_put(tmp_path: Pa
         assert result.upload.bytes_sent == 0
         assert_ingested_once(sb, result, digest)
 
-        # A finished file is not uploaded or ingested again.
+        # A finished file is not uploaded or ingested again: the server confirms its version.
         again, target = await upload(sb, path, journal=journal)
-        assert not {"GenerateFileUploadUrl", "StartFileIngestion"} & set(target.calls)
+        assert target.calls == ["ProjectVersion"]
         assert again.upload.remote == result.upload.remote  # rebuilt typed from the journal
         assert (again.version_id, again.ingestion_id) == (result.version_id, result.ingestion_id)
         assert plane(sb).calls["startFileIngestion"] == 1 and puts(sb) == 1
@@ -430,14 +464,17 @@ async def test_crash_while_polling_never_starts_twice(tmp_path: Path) -> None:
 
 
 class _StartAnswerLost(Ingestion):
-    """startFileIngestion reaches the server, then the process dies before it hears back."""
+    """The start (startFileIngestion, startFileImport, the REST POST) reaches the server,
+    then the process dies before it hears back."""
 
     async def send_start(self, etag: str) -> str:
         await self.flow.send(etag)
         raise KeyboardInterrupt
 
 
-class _AnswerLost(SpeckleFileTarget):
+class AnswerLost(SpeckleFileTarget):
+    """A target whose start's answer is lost (see ``_StartAnswerLost``)."""
+
     ingestion_type = _StartAnswerLost
 
 
@@ -445,7 +482,7 @@ async def test_lost_answer_is_found_not_duplicated(tmp_path: Path) -> None:
     path, digest = ifc(tmp_path)
     journal = tmp_path / "journal.jsonl"
     async with sandbox() as sb:
-        lossy = _AnswerLost(client(sb), project_id=PROJECT)
+        lossy = AnswerLost(client(sb), project_id=PROJECT)
         with pytest.raises(KeyboardInterrupt):
             await upload(sb, path, journal=journal, target=lossy)
         assert plane(sb).calls["startFileIngestion"] == 1

@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
-from engine import Event, InvalidRequestError, Phase, TooLargeError, Uploader
+from engine import Event, InvalidRequestError, MiB, Phase, TooLargeError, Uploader
 from engine.journal import IngestionStarted, Mark, SpeckleApiChosen, UploadStarted, UploadVoided
 from engine.models import FileInfo
-from engine.providers.speckle import Ingestion, ServerApi, SpeckleFileTarget
+from engine.providers.speckle import ServerApi
 from engine.providers.speckle.legacy import rest_form
 from engine.source import FileSource
 from tests.functional.test_speckle import (
     CONFIG,
     PROJECT,
     SIZE,
+    AnswerLost,
     client,
     fake_clock,
     ifc,
@@ -160,18 +164,6 @@ async def test_a_guessed_v3_steps_down_to_the_v2_import(tmp_path: Path) -> None:
         assert plane(sb).calls["startFileImport"] == 1
 
 
-class _PostAnswerLost(Ingestion):
-    """The POST reaches the server, then the process dies before it hears back."""
-
-    async def send_start(self, etag: str) -> str:
-        await self.flow.send(etag)
-        raise KeyboardInterrupt
-
-
-class _AnswerLost(SpeckleFileTarget):
-    ingestion_type = _PostAnswerLost
-
-
 @pytest.mark.parametrize("api", ["v2", "legacy"])
 async def test_a_lost_rest_answer_is_found_not_posted_twice(tmp_path: Path, api: str) -> None:
     path, digest = ifc(tmp_path)
@@ -179,7 +171,7 @@ async def test_a_lost_rest_answer_is_found_not_posted_twice(tmp_path: Path, api:
     async with sandbox(speckle_api=api) as sb:
         speckle = client(sb, api="rest")
         with pytest.raises(KeyboardInterrupt):
-            await upload(sb, path, target=_AnswerLost(speckle, project_id=PROJECT), journal=journal)
+            await upload(sb, path, target=AnswerLost(speckle, project_id=PROJECT), journal=journal)
         p = plane(sb)
         assert p.stats()["rest_uploads"] == 1
         (upload_id,) = p.ingestions
@@ -196,3 +188,49 @@ async def test_a_lost_rest_answer_is_found_not_posted_twice(tmp_path: Path, api:
         ]
         assert p.ingested_md5[result.file_id] == digest
         assert list(p.versions) == [result.version_id]
+
+
+REST_CHILD = r"""
+import json, resource, sys, anyio
+from engine import UploadConfig, Uploader
+from engine.providers.speckle import Speckle, SpeckleCredentials
+
+def peak():  # the high-water mark of this process's resident memory, in bytes
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+async def main(url, path):
+    speckle = Speckle(SpeckleCredentials("sandbox-token"), server=url, api="rest",
+                      poll_interval=0.05)
+    async with Uploader(UploadConfig()) as up:
+        baseline = peak()
+        result = await speckle.upload(up, path, project_id="sandbox-project")
+    print(json.dumps({"baseline": baseline, "peak": peak(), "size": result.upload.size,
+                      "version": result.version_id}))
+
+anyio.run(main, *sys.argv[1:3])
+"""
+
+
+@pytest.mark.slow
+async def test_the_rest_upload_streams_from_disk(tmp_path: Path) -> None:
+    """A 256 MiB file through the legacy route: the child's peak RSS (its high-water mark
+    before and after the upload) grows by about a chunk and the interpreter's buffers, not by
+    the file (the memory bound of a PUT)."""
+    size = 256 * MiB
+    big = tmp_path / "big.ifc"
+    tail = b"END-ISO-10303-21;\n"
+    with big.open("wb") as f:  # sparse: a valid IFC header and end, zeros between
+        f.write(b"ISO-10303-21;\n")
+        f.truncate(size - len(tail))
+        f.seek(size - len(tail))
+        f.write(tail)
+    async with sandbox(speckle_api="legacy", size_limit=512 * MiB, discard=True) as sb:
+        argv = [sys.executable, "-c", REST_CHILD, sb.url, str(big)]
+        proc = await anyio.run_process(argv, check=False)
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        report = json.loads(proc.stdout)
+        assert report["size"] == size and report["version"]
+        assert plane(sb).stats()["rest_uploads"] == 1
+    grew = report["peak"] - report["baseline"]
+    assert grew <= 32 * MiB, f"peak grew {grew / MiB:.1f} MiB for a {size / MiB:.0f} MiB file"
+    print(f"REST upload of {size / MiB:.0f} MiB: peak RSS grew {grew / MiB:.1f} MiB")

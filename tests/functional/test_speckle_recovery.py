@@ -11,34 +11,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import aiohttp
 import anyio
 import pytest
 
 from engine import ConflictError, Event, InvalidRequestError, PartDone, Phase
 from engine.journal import (
-    IngestionRequested,
     IngestionStarted,
-    Journal,
     Mark,
-    SpeckleApiChosen,
     UploadStarted,
     UploadVoided,
 )
-from engine.models import FileInfo, PartResult
 from engine.sandbox.blobstore import GiB
 from tests.functional.test_speckle import (
     PROJECT,
-    SIZE,
-    TOKEN,
     BeforeWaiting,
     assert_ingested_once,
     client,
     fake_clock,
     ifc,
+    journal_a_start,
     journal_state,
     plane,
     puts,
+    raw_graphql,
     sandbox,
     upload,
 )
@@ -97,21 +92,6 @@ async def test_an_internal_error_of_an_unsupported_field_is_asked_once(tmp_path:
         assert_ingested_once(sb, result, digest)
 
 
-def _journal_a_start(
-    journal: Path, target: object, path: Path, model_id: str, file_id: str
-) -> None:
-    """An earlier run's journal: the blob stored, the start requested, no answer."""
-    j = Journal(journal)
-    fj = j.for_key(target.journal_key(FileInfo.of(path)))  # type: ignore[attr-defined]
-    fj.begin(FileInfo.of(path))
-    fj.record(UploadStarted(project_id=PROJECT, model_id=model_id, file_id=file_id))
-    fj.part_done(PartResult(1, '"etag"', SIZE))
-    fj.record(SpeckleApiChosen(api="v3"))
-    fj.record(IngestionRequested(etag='"etag"', requested_at="2026-01-01T00:00:00+00:00"))
-    fj.mark(Mark.INGESTION_REQUESTED)
-    j.close()
-
-
 async def test_a_start_the_server_refuses_for_good_clears_the_mark(tmp_path: Path) -> None:
     """An unknown blob (a journal from a server that forgot it) is refused for good: the mark
     is voided, and the next run starts fresh instead of looking for it forever."""
@@ -121,7 +101,7 @@ async def test_a_start_the_server_refuses_for_good_clears_the_mark(tmp_path: Pat
         main = plane(sb).model_by_name(PROJECT, "main")
         assert main is not None
         target = client(sb).target(project_id=PROJECT, model_name="main")
-        _journal_a_start(journal, target, path, main.id, "f000000000")
+        journal_a_start(journal, target, path, main.id, "f000000000")
         with pytest.raises(InvalidRequestError, match="use mutation generateUploadUrl") as err:
             await upload(sb, path, target=target, journal=journal)
         assert "\n" not in str(err.value)
@@ -155,21 +135,14 @@ async def test_registered_but_not_visible_says_what_to_do(tmp_path: Path) -> Non
         st = journal_state(journal, target, path)
         started = st.get(UploadStarted)
         assert started is not None
-        async with aiohttp.ClientSession() as http:  # someone registers the blob elsewhere
-            mutation = (
-                "mutation($i: StartFileImportInput!) "
-                "{ fileUploadMutations { startFileIngestion(input: $i) { id } } }"
-            )
-            inputs = {
-                "projectId": PROJECT,
-                "modelId": "0000000000",
-                "fileId": started.file_id,
-                "etag": st.parts[1].etag,
-            }
-            headers = {"Authorization": f"Bearer {TOKEN}"}
-            body = {"query": mutation, "variables": {"i": inputs}}
-            async with http.post(f"{sb.url}/graphql", json=body, headers=headers) as r:
-                answer = await r.json()
+        # Someone registers the blob elsewhere, against a model that is not there.
+        mutation = (
+            "mutation($i: StartFileImportInput!) "
+            "{ fileUploadMutations { startFileIngestion(input: $i) { id } } }"
+        )
+        inputs = {"projectId": PROJECT, "modelId": "0000000000", "fileId": started.file_id}
+        inputs["etag"] = st.parts[1].etag
+        answer = await raw_graphql(sb, mutation, {"i": inputs})
         assert answer["errors"][0]["extensions"]["code"] == "MODEL_NOT_FOUND"
 
         with pytest.raises(ConflictError) as err:

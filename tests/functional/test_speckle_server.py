@@ -8,31 +8,33 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from engine import Event, FormatError, NotFoundError, PartDone, TooLargeError, UploadConfig
+from engine import (
+    Event,
+    FormatError,
+    NotFoundError,
+    PartDone,
+    TooLargeError,
+    UploadConfig,
+)
 from engine.journal import (
-    IngestionRequested,
-    IngestionStarted,
     Journal,
-    Mark,
-    SpeckleApiChosen,
-    UploadStarted,
     UploadVoided,
 )
-from engine.models import FileInfo, PartResult
+from engine.models import FileInfo
 from engine.sandbox.e57 import write_sample_e57
 from tests.functional.test_speckle import (
     PROJECT,
     SIZE,
-    TOKEN,
     assert_ingested_once,
     client,
     ifc,
+    journal_a_start,
     journal_state,
     plane,
     puts,
+    raw_graphql,
     sandbox,
     upload,
 )
@@ -40,21 +42,12 @@ from tests.functional.test_speckle import (
 pytestmark = pytest.mark.anyio
 
 
-async def _graphql(url: str, query: str, variables: dict[str, object]) -> dict[str, object]:
-    async with aiohttp.ClientSession() as http:
-        body = {"query": query, "variables": variables}
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with http.post(f"{url}/graphql", json=body, headers=headers) as r:
-            answer: dict[str, object] = await r.json()
-            return answer
-
-
 async def test_an_absent_model_is_created_whatever_code_says_so(tmp_path: Path) -> None:
     path, digest = ifc(tmp_path, "tower.ifc")
     async with sandbox() as sb:
         # core/graph/resolvers/models.ts: an unknown name is BranchNotFoundError
-        answer = await _graphql(
-            sb.url,
+        answer = await raw_graphql(
+            sb,
             'query($p: String!) { project(id: $p) { modelByName(name: "tower") { id } } }',
             {"p": PROJECT},
         )
@@ -74,16 +67,8 @@ async def test_an_ingestion_the_server_does_not_know_is_not_found(tmp_path: Path
         model = plane(sb).model_by_name(PROJECT, "main")
         assert model is not None
         target = client(sb).target(project_id=PROJECT, model_name="main")
-        j = Journal(journal)  # an earlier run's journal, whose ingestion the server lost
-        fj = j.for_key(target.journal_key(FileInfo.of(path)))
-        fj.begin(FileInfo.of(path))
-        fj.record(UploadStarted(project_id=PROJECT, model_id=model.id, file_id="f000000000"))
-        fj.part_done(PartResult(1, '"0123"', SIZE))
-        fj.record(SpeckleApiChosen(api="v3"))
-        fj.record(IngestionRequested(etag='"0123"', requested_at="2026-01-01T00:00:00+00:00"))
-        fj.mark(Mark.INGESTION_REQUESTED)
-        fj.record(IngestionStarted(ingestion_id="0000000000"))
-        j.close()
+        # an earlier run's journal, whose ingestion the server lost
+        journal_a_start(journal, target, path, model.id, "f000000000", ingestion_id="0000000000")
         with pytest.raises(NotFoundError, match="ingestion 0000000000 not found") as err:
             await upload(sb, path, target=target, journal=journal)
         assert "\n" not in str(err.value) and puts(sb) == 0
@@ -146,3 +131,30 @@ async def test_other_formats_go_to_the_server(tmp_path: Path) -> None:
         result, _ = await upload(sb, path, config=UploadConfig(backoff_base=0, backoff_cap=0))
         assert result.version_id and plane(sb).versions[result.version_id].model_id
         assert plane(sb).calls["startFileIngestion"] == 1
+
+
+async def test_a_done_file_whose_version_is_gone_is_uploaded_again(tmp_path: Path) -> None:
+    path, digest = ifc(tmp_path)
+    journal = tmp_path / "journal.jsonl"
+    async with sandbox() as sb:
+        target = client(sb).target(project_id=PROJECT)
+        j = Journal(journal)  # the journal of a server whose version was deleted since
+        fj = j.for_key(target.journal_key(FileInfo.of(path)))
+        fj.begin(FileInfo.of(path))
+        fj.done(
+            {
+                "project_id": PROJECT,
+                "model_id": "m000000000",
+                "file_id": "f000000000",
+                "ingestion_id": "i000000000",
+                "version_id": "v000000000",
+            }
+        )
+        j.close()
+        events: list[Event] = []
+        result, again = await upload(sb, path, target=target, journal=journal, events=events)
+        assert again.calls[0] == "ProjectVersion"  # COMMIT_NOT_FOUND: not held
+        assert any(
+            "the server has no version v000000000" in getattr(e, "message", "") for e in events
+        )
+        assert_ingested_once(sb, result, digest)

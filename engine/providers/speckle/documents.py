@@ -42,6 +42,7 @@ __all__ = [
     "MODEL_UPLOADS",
     "PLATFORM",
     "PROJECT_BLOB",
+    "PROJECT_VERSION",
     "REST_UPLOAD_PATH",
     "SERVER",
     "SERVER_API",
@@ -140,6 +141,15 @@ query ProjectModelSearch($projectId: String!, $search: String!) {
 ``modelByName`` misses a model whose name differs only in case (its dataloader keys the rows
 by their stored name: ``core/graph/dataloaders/index.ts``) while a create of that name is
 refused as taken."""
+
+PROJECT_VERSION: Final = """
+query ProjectVersion($projectId: String!, $versionId: String!) {
+  project(id: $projectId) {
+    version(id: $versionId) { id model { id } }
+  }
+}"""
+"""A version, to confirm that a file the journal says is done still has it
+(``COMMIT_NOT_FOUND`` when it is gone)."""
 
 CREATE_MODEL: Final = """
 mutation CreateModel($input: CreateModelInput!) {

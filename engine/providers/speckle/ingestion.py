@@ -177,6 +177,15 @@ class Flow(ABC):
     def read_live(self, data: dict[str, Any]) -> IngestionStatus | None:
         return None
 
+    async def register(self, document: str, field: str, etag: str) -> str:
+        """Send ``fileUploadMutations.<field>(input: StartFileImportInput)`` once (v3 and v2
+        take the same input) with the ETag exactly as storage returned it, quotes included;
+        the id it answers."""
+        variables = {"input": {**self.blob.model, "fileId": self.blob.file_id, "etag": etag}}
+        data = await self.gql.execute(document, variables, retry=False)
+        answer = dig(data, "fileUploadMutations", field, "id")
+        return need_str(answer, self.start_op, PLATFORM, f"{self.noun} id")
+
     async def blob_state(self) -> tuple[str, str]:
         """(``pending`` | ``registered`` | ``failed`` | ``unknown``, the blob's error)."""
         if not self.blob.file_id or not self.server.blob:
@@ -194,11 +203,7 @@ class IngestionFlow(Flow):
     start_op = "StartFileIngestion"
 
     async def send(self, etag: str) -> str:
-        # The ETag exactly as storage returned it, quotes included.
-        variables = {"input": {**self.blob.model, "fileId": self.blob.file_id, "etag": etag}}
-        data = await self.gql.execute(START_FILE_INGESTION, variables, retry=False)
-        answer = dig(data, "fileUploadMutations", "startFileIngestion", "id")
-        return need_str(answer, self.start_op, PLATFORM, "ingestion id")
+        return await self.register(START_FILE_INGESTION, "startFileIngestion", etag)
 
     async def find(self) -> str:
         if not self.server.history:

@@ -45,7 +45,7 @@ from engine.errors import (
     RemoteError,
     ServiceError,
 )
-from engine.graphql import dig, need_str
+from engine.graphql import dig
 from engine.journal import IngestionRequested
 from engine.models import PartSpec
 from engine.providers.speckle.documents import (
@@ -81,10 +81,7 @@ class FileImportFlow(Flow):
     noun = "file import"
 
     async def send(self, etag: str) -> str:
-        variables = {"input": {**self.blob.model, "fileId": self.blob.file_id, "etag": etag}}
-        data = await self.gql.execute(START_FILE_IMPORT, variables, retry=False)
-        answer = dig(data, "fileUploadMutations", "startFileImport", "id")
-        return need_str(answer, self.start_op, PLATFORM, "file upload id")
+        return await self.register(START_FILE_IMPORT, "startFileImport", etag)
 
     async def uploads(self) -> list[Any]:
         """The model's recent uploads, newest first ([] when the server cannot list them)."""

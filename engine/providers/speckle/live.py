@@ -11,7 +11,10 @@ connection, each with its own ``start``.
 
 Rules:
 - one ``LiveHub`` per project per uploader (``LivePool``), opened by the first file that waits
-  and closed when the last one leaves; a connection that cannot be opened (no WebSocket route,
+  and kept ``_LINGER`` seconds after the last one left, for the next (a bulk import keeps one
+  socket per project); an idle one is closed by the next file that asks for a connection, the
+  last ones when the uploader closes its control-plane pool (a caller's own session: when the
+  caller closes it); a connection that cannot be opened (no WebSocket route,
   another subprotocol, ``connection_error``, a timeout) is not tried again for
   ``_RETRY_OPEN`` seconds: its files poll instead;
 - no background task: whichever waiter finds no message for itself and nobody reading reads
@@ -47,6 +50,7 @@ __all__ = ["LiveFeed", "LiveHub", "LiveLost", "LivePool"]
 _OPEN_TIMEOUT: Final = 10.0  # seconds to connect and be acknowledged
 _CLOSE_TIMEOUT: Final = 2.0
 _RETRY_OPEN: Final = 60.0  # seconds before a project's failed connection is tried again
+_LINGER: Final = 10.0  # seconds an unused connection is kept for the project's next file
 _ENDED: Final = frozenset({aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING})
 _GONE: Final = _ENDED | {aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR}
 
@@ -264,6 +268,7 @@ class LivePool:
         self._url = url
         self._token = token
         self._hubs: dict[str, LiveHub] = {}
+        self._idle: dict[str, float] = {}  # project -> since when its hub has no user
         self._failed: dict[str, float] = {}  # project -> when its connection failed
         self._lock = anyio.Lock()
         self.opened = 0  # connections opened (for reports and tests)
@@ -275,8 +280,10 @@ class LivePool:
     async def _get(self, project_id: str) -> LiveHub | None:
         clock = self._services.clock
         async with self._lock:
+            await self._close_idle(clock.monotonic())
             hub = self._hubs.get(project_id)
             if hub is not None and not hub.broken:
+                self._idle.pop(project_id, None)
                 return hub
             failed = self._failed.get(project_id)
             if failed is not None and clock.monotonic() - failed < _RETRY_OPEN:
@@ -290,9 +297,20 @@ class LivePool:
             self._hubs[project_id] = hub
             return hub
 
+    async def _close_idle(self, now: float) -> None:
+        """Close the hubs nobody used for ``_LINGER`` seconds, and broken ones nobody uses."""
+        for project_id, hub in list(self._hubs.items()):
+            idle = self._idle.get(project_id)
+            if hub.users == 0 and (hub.broken or (idle is not None and now - idle >= _LINGER)):
+                del self._hubs[project_id]
+                self._idle.pop(project_id, None)
+                await hub.close()
+
     @asynccontextmanager
     async def hub(self, project_id: str) -> AsyncIterator[LiveHub | None]:
-        """The project's connection (``None``: poll), held open while the block runs."""
+        """The project's connection (``None``: poll), held open while the block runs and
+        ``_LINGER`` seconds after its last user left (the next file of the project reuses it;
+        the uploader's own pool closes it at the end)."""
         hub = await self._get(project_id)
         if hub is None:
             yield None
@@ -303,6 +321,10 @@ class LivePool:
         finally:
             hub.users -= 1
             if hub.users == 0:
-                if self._hubs.get(project_id) is hub:
+                if self._hubs.get(project_id) is not hub:
+                    await hub.close()  # replaced by a newer one after it broke
+                elif hub.broken:
                     del self._hubs[project_id]
-                await hub.close()
+                    await hub.close()
+                else:
+                    self._idle[project_id] = self._services.clock.monotonic()

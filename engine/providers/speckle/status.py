@@ -12,7 +12,7 @@ Waiting (``Watch.until_done``), the same for every API:
   missed); without one (or once it is lost) a poll every ``interval`` seconds, growing by half
   per poll up to ten times that;
 - it ends with the status once it is terminal, with ``InterruptedUpload`` as soon as the run is
-  stopping (``services.stopping``, checked every ``_STOP_CHECK`` s of every pause), and with a
+  stopping (every pause races ``services.wait_stopping()``), and with a
   ``ProcessingError`` (code ``deadline``) once ``deadline`` seconds have passed; neither of the
   last two voids anything: a rerun keeps waiting on the same ingestion;
 - a terminal failure voids the upload in the journal (``UploadVoided``: the blob is registered
@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Final
 
+import anyio
+
 from engine.errors import InterruptedUpload, ProcessingError
 from engine.graphql import need_str
 from engine.journal import UploadVoided
@@ -43,7 +45,6 @@ from engine.target import TargetContext
 
 __all__ = ["IngestionStatus", "Watch", "left_text", "read_status", "read_upload"]
 
-_STOP_CHECK: Final = 0.2  # seconds between looks at services.stopping while pausing
 _LIVE_BACKSTOP: Final = 30  # poll intervals between polls while a subscription is live
 
 
@@ -135,13 +136,22 @@ class Watch:
         return self.deadline - (self.ctx.services.clock.monotonic() - self._start)
 
     async def pause(self, seconds: float) -> None:
-        """Sleep ``seconds`` on the services' clock, or less once the run is stopping."""
+        """Sleep ``seconds`` on the services' clock, or less: until the run is stopping."""
         services = self.ctx.services
-        left = seconds
-        while left > 0 and not services.stopping:
-            step = min(left, _STOP_CHECK)
-            await services.clock.sleep(step)
-            left -= step
+        if services.stopping or seconds <= 0:
+            return
+        async with anyio.create_task_group() as tg:
+
+            async def sleep() -> None:
+                await services.clock.sleep(seconds)
+                tg.cancel_scope.cancel()
+
+            async def stop() -> None:
+                await services.wait_stopping()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(sleep)
+            tg.start_soon(stop)
 
     async def until_done(self, feed: LiveFeed | None) -> IngestionStatus:
         """The terminal success; raise on a failure, a stop or the deadline."""

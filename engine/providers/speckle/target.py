@@ -16,7 +16,8 @@ The flow (``POST {server}/graphql``, ``Authorization: Bearer <token>``), per fil
    ``Content-Type: application/octet-stream``; an expired URL gets a new ``generateUploadUrl``
    (a new ``fileId``). The legacy REST API has no PUT: its bytes go in ``complete``;
 3. ``complete``: the ingestion (``ingestion.Ingestion`` with the API's ``Flow``), then the
-   ``SpeckleVersion``.
+   ``SpeckleVersion``; a rerun of a file the journal says is done asks ``project.version`` that
+   it still exists, in its model (``confirm``), before skipping it.
 
 Rules:
 - the ``fileId`` (never the URL) is journaled as a fresh upload (``UploadStarted``; "" for the
@@ -55,7 +56,7 @@ from engine.journal import (
     UploadStarted,
     speckle_key,
 )
-from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec
+from engine.models import FileInfo, PartLimits, PartRequest, PartResult, PartSpec, Remote
 from engine.providers.speckle.documents import (
     CREATE_MODEL,
     GENERATE_UPLOAD_URL,
@@ -65,6 +66,7 @@ from engine.providers.speckle.documents import (
     MODEL_BY_NAME,
     MODEL_SEARCH,
     PLATFORM,
+    PROJECT_VERSION,
 )
 from engine.providers.speckle.errors import (
     check_local,
@@ -76,7 +78,7 @@ from engine.providers.speckle.ingestion import Blob, Flow, Ingestion, IngestionF
 from engine.providers.speckle.legacy import FileImportFlow, RestFlow
 from engine.providers.speckle.results import SpeckleVersion
 from engine.providers.speckle.server import PacedGraphQL, SpeckleSession
-from engine.target import Target, TargetContext
+from engine.target import CONFIRMED, Confirmation, Target, TargetContext
 
 if TYPE_CHECKING:
     from engine.providers.speckle.provider import Speckle
@@ -213,6 +215,20 @@ class SpeckleFileTarget(Target):
         return self._gql
 
     # ---- Target ----------------------------------------------------------------------------------
+
+    async def confirm(self, remote: Remote, ctx: TargetContext) -> Confirmation:
+        """The server still has the version the journal says this file made, in its model."""
+        assert isinstance(remote, SpeckleVersion)
+        where = f"version {remote.version_id} of project {remote.project_id}"
+        variables = {"projectId": remote.project_id, "versionId": remote.version_id}
+        try:
+            data = await self._client(ctx).execute(PROJECT_VERSION, variables)
+        except NotFoundError:
+            return Confirmation(False, f"the server has no {where}")
+        model_id = dig(data, "project", "version", "model", "id")
+        if model_id != remote.model_id:
+            return Confirmation(False, f"{where} is not in model {remote.model_id}")
+        return CONFIRMED
 
     async def prepare(self, ctx: TargetContext) -> PartLimits:
         path = ctx.file.path

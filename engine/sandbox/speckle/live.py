@@ -24,7 +24,8 @@ Rules this module keeps, each one the real server's unless marked:
   ingestion) or ``modelId`` (every ingestion of the model, so one subscription follows a model's
   ingestions as they come); ``messageType`` keeps only that type. Each message carries the
   ingestion and ``type``: ``created`` (status queued) when it starts, ``updated`` for every
-  status change after (each processing step, the terminal status). Ingestions that exist when
+  status it goes through after (each processing step, the terminal status; a step that passed
+  between two looks is reported too). Ingestions that exist when
   the subscription starts are not replayed: events only, like a pubsub.
 """
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -57,6 +58,9 @@ from engine.sandbox.speckle.records import Caller, Info, IngestionRecord, Status
 
 __all__ = ["PROTOCOLS", "handle_socket", "ingestion_updates"]
 
+if TYPE_CHECKING:  # the plane imports this module
+    from engine.sandbox.speckle.plane import SpecklePlane
+
 PROTOCOLS: Final = ("graphql-ws", "graphql-subscriptions")
 _TOKEN_PATHS: Final = (("Authorization",), ("authorization",), ("headers", "Authorization"),
                        ("headers", "authorization"))  # fmt: skip
@@ -64,7 +68,7 @@ _NO_TOKEN: Final = "You need a token to subscribe"  # noqa: S105 - a message, no
 _ONE_OF: Final = 'OneOf Input Object "ModelIngestionReference" must specify exactly one key.'
 
 
-async def handle_socket(plane: Any, request: web.Request) -> web.StreamResponse:
+async def handle_socket(plane: SpecklePlane, request: web.Request) -> web.StreamResponse:
     """``GET /graphql``: a subscription socket (a GET that is no upgrade gets Apollo's 400)."""
     ws = web.WebSocketResponse(protocols=PROTOCOLS, autoping=True)
     if not ws.can_prepare(request).ok:
@@ -83,7 +87,7 @@ async def handle_socket(plane: Any, request: web.Request) -> web.StreamResponse:
 
 
 async def ingestion_updates(
-    plane: Any, info: Info, input: Mapping[str, Any]
+    plane: SpecklePlane, info: Info, input: Mapping[str, Any]
 ) -> AsyncIterator[dict[str, Any]]:
     """The event stream of ``projectModelIngestionUpdated`` (checks first: errors become the
     operation's result, before any event)."""
@@ -98,7 +102,7 @@ async def ingestion_updates(
 
 
 async def _watch(
-    plane: Any, project_id: str, reference: Mapping[str, str], wanted: str | None
+    plane: SpecklePlane, project_id: str, reference: Mapping[str, str], wanted: str | None
 ) -> AsyncIterator[dict[str, Any]]:
     def matching() -> list[IngestionRecord]:
         return [
@@ -111,6 +115,7 @@ async def _watch(
 
     seen: dict[str, StatusSnapshot] = {r.id: plane._known_status(r) for r in matching()}
     while True:
+        since = plane.changes
         for record in matching():
             snapshot = await plane._status(record)
             for kind, shown in _changes(plane, record, seen.get(record.id), snapshot):
@@ -119,24 +124,41 @@ async def _watch(
                     yield {"modelIngestion": view, "type": kind}
             seen[record.id] = snapshot
         wait = plane.seconds_to_next_phase(matching())
-        await plane.wait_for_change(None if wait is None else max(wait, 0.005))
+        await plane.wait_for_change(since, None if wait is None else max(wait, 0.005))
 
 
 def _changes(
-    plane: Any, record: IngestionRecord, before: StatusSnapshot | None, now: StatusSnapshot
+    plane: SpecklePlane, record: IngestionRecord, before: StatusSnapshot | None, now: StatusSnapshot
 ) -> list[tuple[str, StatusSnapshot]]:
-    """The messages between two looks at an ingestion (``before`` None: it is new)."""
+    """The messages between two looks at an ingestion (``before`` None: it is new): every status
+    it went through, so a step that passed between two looks is reported too."""
+    steps = plane.config.processing_steps
+    name = record.file_name
+    changes: list[tuple[str, StatusSnapshot]] = []
     if before is None:
-        steps = plane.config.processing_steps
-        queued = snapshot_for_phase(0, steps=steps, file_name=record.file_name)
-        return [("created", queued)] + ([("updated", now)] if now != queued else [])
-    return [] if before == now else [("updated", now)]
+        before = snapshot_for_phase(0, steps=steps, file_name=name)
+        changes.append(("created", before))
+    if before == now:
+        return changes
+    last = steps if now.terminal else _phase_of(now, steps)
+    for phase in range(_phase_of(before, steps) + 1, last + 1):
+        changes.append(("updated", snapshot_for_phase(phase, steps=steps, file_name=name)))
+    if now.terminal:
+        changes.append(("updated", now))
+    return changes
+
+
+def _phase_of(snapshot: StatusSnapshot, steps: int) -> int:
+    """The phase a non-terminal status shows (queued 0, processing k of ``steps``)."""
+    if snapshot.status == "processing" and snapshot.progress is not None:
+        return round(snapshot.progress * (steps + 1))
+    return 0 if snapshot.status == "queued" else steps + 1
 
 
 class _Session:
     """One socket: its caller, its live operations (each a task with its own cancel scope)."""
 
-    def __init__(self, plane: Any, ws: web.WebSocketResponse) -> None:
+    def __init__(self, plane: SpecklePlane, ws: web.WebSocketResponse) -> None:
         self.plane = plane
         self.ws = ws
         self.caller = Caller(frozenset())

@@ -2,12 +2,12 @@
 
 Rules this module keeps, each one the real server's unless marked (``packages/server/app.ts``):
 
-* **Routes.** ``POST /graphql`` (:mod:`.http`), ``GET /graphql`` (the subscription socket,
-  :mod:`.live`; v3 only, the only API with a subscription the sandbox serves; the socket server
+* **Routes.** ``POST /graphql`` (:mod:`.http`); ``GET /graphql``, the subscription socket
+  (:mod:`.live`; v3 only, the only API with a subscription the sandbox serves; the socket server
   takes the HTTP upgrade before express, so neither the limiter nor the token check applies to
-  it: ``buildApolloSubscriptionServer``), and, for the
-  public server's APIs (v2, legacy), ``POST /api/file/{fileType}/{projectId}[/{modelName}]``
-  (:mod:`.rest`; app.speckle.systems has none: "the old REST upload is gone").
+  it: ``buildApolloSubscriptionServer``); for the public server's APIs (v2, legacy),
+  ``POST /api/file/{fileType}/{projectId}[/{modelName}]`` (:mod:`.rest`; app.speckle.systems
+  has none: "the old REST upload is gone").
 * **Order at the door** (the express middleware order of ``init()``): the rate limiter first
   (:mod:`.ratelimit`; ``createRateLimiterMiddleware`` comes before ``authContextMiddleware``),
   then the token: no ``Authorization`` at all is an anonymous caller (``createAuthContextFromToken``
@@ -16,8 +16,8 @@ Rules this module keeps, each one the real server's unless marked (``packages/se
   first ``Bearer `` is removed (``getTokenFromRequest``), so ``Basic x`` is an invalid token.
 * **Fault injection** (sandbox rule): with ``rate_limit_every``, every N-th ``POST /graphql``
   (counted from 1) gets the real 429 with ``Retry-After: <retry_after>``.
-* A request that passes the limiter carries ``X-RateLimit-Remaining``
-  (``createRateLimiterMiddleware``).
+* A request that passes the limiter carries ``X-RateLimit-Remaining``, whatever the answer
+  (``createRateLimiterMiddleware`` sets it before the next middleware runs).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from engine.sandbox.speckle.config import SpeckleSandboxConfig
 from engine.sandbox.speckle.errors import INVALID_TOKEN_BODY
 from engine.sandbox.speckle.fileuploads import FileUploadResolvers
 from engine.sandbox.speckle.http import run_request
+from engine.sandbox.speckle.live import handle_socket, ingestion_updates
 from engine.sandbox.speckle.ratelimit import (
     GRAPHQL_ACTION,
     RateLimiter,
@@ -51,6 +52,7 @@ from engine.sandbox.speckle.records import (
     StatusSnapshot,
     VersionRecord,
 )
+from engine.sandbox.speckle.rest import handle_legacy_upload
 from engine.sandbox.speckle.schema import build_schema
 from engine.sandbox.speckle.state import user_id_of
 
@@ -117,7 +119,6 @@ class SpecklePlane(FileUploadResolvers):
 
     def _subscriptions(self) -> dict[str, Any]:
         """The ``Subscription`` fields' subscribe functions (:mod:`.live`)."""
-        from engine.sandbox.speckle.live import ingestion_updates
 
         async def subscribe(_root: Any, info: Info, input: Mapping[str, Any]) -> Any:
             return await ingestion_updates(self, info, input)
@@ -171,9 +172,6 @@ class SpecklePlane(FileUploadResolvers):
 
     def register(self, app: web.Application) -> None:
         """Add the plane's routes to ``app`` (see the module docstring)."""
-        from engine.sandbox.speckle.live import handle_socket
-        from engine.sandbox.speckle.rest import handle_legacy_upload
-
         app.router.add_post("/graphql", self._door(self._graphql, GRAPHQL_ACTION))
         if self.config.api == "v3":
 
@@ -205,8 +203,9 @@ class SpecklePlane(FileUploadResolvers):
             caller = self.authenticate(header)
             if caller is None:
                 self._http["unauthenticated"] += 1
-                return json_response(INVALID_TOKEN_BODY, status=403)
-            response = await handler(request, caller)
+                response: web.StreamResponse = json_response(INVALID_TOKEN_BODY, status=403)
+            else:
+                response = await handler(request, caller)
             if remaining is not None and not response.prepared:
                 response.headers["X-RateLimit-Remaining"] = str(remaining)
             return response

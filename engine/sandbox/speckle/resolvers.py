@@ -69,15 +69,18 @@ class _InProject(Protocol):
     def project_id(self) -> str: ...
 
 
+def _find(records: Mapping[str, _R], id: str, parent: Mapping[str, Any]) -> _R | None:
+    """``records[id]`` if it is there and in the ``parent`` project."""
+    record = records.get(id)
+    return record if record is not None and record.project_id == parent["id"] else None
+
+
 def _in_project(
     records: Mapping[str, _R], id: str, parent: Mapping[str, Any], code: str, message: str
-) -> _R | None:
-    """``records[id]`` if it is there and in the ``parent`` project; else ``SpeckleApiError``
-    (or ``None`` when ``code`` is empty)."""
-    record = records.get(id)
-    if record is None or record.project_id != parent["id"]:
-        if not code:
-            return None
+) -> _R:
+    """``records[id]`` if it is there and in the ``parent`` project, else ``SpeckleApiError``."""
+    record = _find(records, id, parent)
+    if record is None:
         raise SpeckleApiError(code, message)
     return record
 
@@ -187,7 +190,6 @@ class SpeckleResolvers(SpeckleState):
     def _project_model(self, parent: Mapping[str, Any], _info: Info, id: str) -> dict[str, Any]:
         self._calls["project.model"] += 1
         model = _in_project(self._models, id, parent, BRANCH_NOT_FOUND, "Model not found")
-        assert model is not None
         return model_view(model)
 
     def _project_model_by_name(
@@ -228,14 +230,13 @@ class SpeckleResolvers(SpeckleState):
     def _project_version(self, parent: Mapping[str, Any], _info: Info, id: str) -> dict[str, Any]:
         self._calls["project.version"] += 1
         version = _in_project(self._versions, id, parent, COMMIT_NOT_FOUND, "Version not found")
-        assert version is not None
         return version_view(version)
 
     def _project_ingestion(
         self, parent: Mapping[str, Any], _info: Info, id: str
     ) -> dict[str, Any] | None:
         self._calls["project.ingestion"] += 1
-        ingestion = _in_project(self._ingestions, id, parent, "", "")
+        ingestion = _find(self._ingestions, id, parent)
         if ingestion is None or ingestion.kind != "ingestion":
             return None
         return ingestion_view(ingestion)
@@ -319,7 +320,7 @@ class SpeckleResolvers(SpeckleState):
         self, parent: Mapping[str, Any], _info: Info, id: str
     ) -> dict[str, Any] | None:
         self._calls["stream.fileUpload"] += 1
-        record = _in_project(self._ingestions, id, parent, "", "")
+        record = _find(self._ingestions, id, parent)
         if record is None or record.kind != "upload":
             return None
         return (await self._upload_views([record]))[0]

@@ -17,7 +17,8 @@ Rules this module keeps, each one the real server's unless marked
   content type"; multipart without a boundary → "Multipart: Boundary not found"; neither
   multipart/form-data nor urlencoded → "Unsupported content type: <header>". A urlencoded body
   holds no files. A multipart body that breaks off or does not parse → 400 with the body
-  ``{ "error": "Upload request error. The server logs may have more details." }``.
+  ``{ "error": "Upload request error. The server logs may have more details." }``, and every
+  blob the request started fails ("Unexpected end of form").
 * **Each file part** (a part with a filename; other fields are ignored) becomes a blob, streamed
   to the blob store through a temporary file (never held in memory: one chunk at a time), like
   the server's ``uploadFileStream`` into S3. Past ``size_limit`` bytes busboy truncates it: the
@@ -38,7 +39,7 @@ import tempfile
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 import anyio
@@ -53,6 +54,9 @@ from engine.sandbox.speckle.fileuploads import UNSUPPORTED_MESSAGE
 from engine.sandbox.speckle.records import BlobRecord, Caller, Verdict, now
 
 __all__ = ["UPLOAD_REQUEST_ERROR", "handle_legacy_upload"]
+
+if TYPE_CHECKING:  # the plane imports this module
+    from engine.sandbox.speckle.plane import SpecklePlane
 
 UPLOAD_REQUEST_ERROR: Final = (
     '{ "error": "Upload request error. The server logs may have more details." }'
@@ -71,7 +75,7 @@ class _BadForm(Exception):
 
 
 async def handle_legacy_upload(
-    plane: Any, request: web.Request, caller: Caller
+    plane: SpecklePlane, request: web.Request, caller: Caller
 ) -> web.StreamResponse:
     """The route's handler, past the door (see the module docstring)."""
     plane.count("rest_uploads")
@@ -100,7 +104,7 @@ async def handle_legacy_upload(
     return json_response({"uploadResults": results}, status=201, headers=headers)
 
 
-def _refuse_caller(plane: Any, caller: Caller, project_id: str) -> web.Response | None:
+def _refuse_caller(plane: SpecklePlane, caller: Caller, project_id: str) -> web.Response | None:
     if caller.anonymous:
         message = "Your auth token does not have the required scope: streams:write."
         return json_response({"error": message}, status=403)
@@ -127,7 +131,7 @@ def _form_kind(header: str | None) -> str:
 
 
 async def _receive(
-    plane: Any, request: web.Request, caller: Caller, project_id: str
+    plane: SpecklePlane, request: web.Request, caller: Caller, project_id: str
 ) -> list[dict[str, Any]]:
     """Store every file part of the body; their upload results, in order. A body that breaks
     off marks every blob it started as failed (busboy's ``error``: ``markUploadError``)."""
@@ -150,7 +154,7 @@ async def _receive(
 
 
 async def _receive_file(
-    plane: Any, part: aiohttp.BodyPartReader, caller: Caller, project_id: str
+    plane: SpecklePlane, part: aiohttp.BodyPartReader, caller: Caller, project_id: str
 ) -> dict[str, Any]:
     file_name = part.filename or ""
     file_id = plane._new_id(plane._blobs)
@@ -187,7 +191,7 @@ async def _spool(part: aiohttp.BodyPartReader, path: Path, limit: int) -> int | 
     return size if size <= limit else None
 
 
-async def _store(plane: Any, blob: BlobRecord, path: Path, size: int) -> str | None:
+async def _store(plane: SpecklePlane, blob: BlobRecord, path: Path, size: int) -> str | None:
     """PUT the spooled file into the blob store; ``None``, or why it could not be stored."""
     required = dict(getattr(plane.store, "required_put_headers", None) or {})
     url = plane.store.presign_put(blob.key, expires_in=600, required_headers=required or None)
@@ -225,7 +229,12 @@ async def _chunks(fd: int, size: int) -> AsyncGenerator[bytes, None]:
 
 
 def _result(
-    plane: Any, blob: BlobRecord, file_name: str, form_key: str, size: int | None, error: str | None
+    plane: SpecklePlane,
+    blob: BlobRecord,
+    file_name: str,
+    form_key: str,
+    size: int | None,
+    error: str | None,
 ) -> dict[str, Any]:
     """Record the blob's outcome; its entry of ``uploadResults``."""
     if error is None:
@@ -242,7 +251,7 @@ def _result(
             "fileName": file_name, "fileSize": None, "formKey": form_key}  # fmt: skip
 
 
-def _save_upload(plane: Any, result: dict[str, Any], model_id: str) -> None:
+def _save_upload(plane: SpecklePlane, result: dict[str, Any], model_id: str) -> None:
     """``saveFileUploads``: the entry's file upload of the model (see the module docstring)."""
     blob = plane._blobs[result["blobId"]]
     upload = plane._start_record(blob, model_id, kind="upload", size=result["fileSize"])

@@ -73,6 +73,7 @@ class SpeckleState:
         self._calls: Counter[str] = Counter()
         self._judging: set[str] = set()
         self._bell: anyio.Event | None = None
+        self._changes = 0
         created = now()
         for project_id in sorted(config.projects):
             self._projects[project_id] = {
@@ -148,12 +149,21 @@ class SpeckleState:
     # ---- change notification ---------------------------------------------------------------------
 
     def _ring(self) -> None:
+        self._changes += 1
         if self._bell is not None:
             self._bell.set()
             self._bell = None
 
-    async def wait_for_change(self, within: float | None) -> None:
-        """Return when a record is added or settled, or after ``within`` seconds (None: never)."""
+    @property
+    def changes(self) -> int:
+        """How many times a record was added or settled (pass it to :meth:`wait_for_change`)."""
+        return self._changes
+
+    async def wait_for_change(self, since: int, within: float | None) -> None:
+        """Return once a record is added or settled after :attr:`changes` read ``since`` (at
+        once if that happened already), or after ``within`` seconds (None: no limit)."""
+        if self._changes != since:
+            return
         if self._bell is None:
             self._bell = anyio.Event()
         with anyio.move_on_after(within):
