@@ -41,7 +41,6 @@ from engine.cli.options import (
     view_options,
 )
 from engine.cli.output import (
-    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     Outcome,
@@ -154,11 +153,8 @@ async def run_import(args: argparse.Namespace) -> Outcome:
 
 def _exit_code(entries: list[Entry]) -> int:
     """The table's code of the files' ends: a platform's refusal its own; a local refusal (a
-    check, an unreadable directory) is 2 only when nothing was sent at all, else 1: files
-    that could not be read are a failure of the run, not a usage error."""
-    sent = any(e.status == "ok" or e.code is not None for e in entries)
-    local = EXIT_FAILED if sent else EXIT_USAGE
-    codes = [e.code if e.code is not None else local for e in entries if e.status == "failed"]
+    check, an unreadable directory: found before the transfer) is 2, as from ``upload``."""
+    codes = [e.code if e.code is not None else EXIT_USAGE for e in entries if e.status == "failed"]
     codes += [EXIT_INTERRUPTED for e in entries if e.status == "interrupted"]
     return worst(codes)
 

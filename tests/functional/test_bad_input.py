@@ -118,6 +118,23 @@ def test_directory_without_scans(tmp_path: Path, capsys: pytest.CaptureFixture[s
     )
 
 
+def test_an_extension_the_server_does_not_import_is_refused_by_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The server decides what it ingests (a .las may be fine elsewhere): the file is sent, and
+    # the server's refusal is one line, a format error (exit 2).
+    path = tmp_path / "model.las"
+    path.write_bytes(b"LASF" * 100)
+    code, _, err = run(capsys, "upload", str(path), "--to", "sandbox-speckle")
+    assert code == EXIT_USAGE
+    assert the_error(err, alone=False) == (
+        f"upload-engine: error: {path}: .las: not a format this Speckle server imports: "
+        "StartFileIngestion: file type not imported: The provided file type is not supported "
+        "for importing. (UNSUPPORTED_FILE_TYPE)"
+    )
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("name", "content", "to", "message"),
     [
@@ -131,7 +148,6 @@ def test_directory_without_scans(tmp_path: Path, capsys: pytest.CaptureFixture[s
         ("junk.e57", b"PK\x03\x04" * 1000, "sandbox-matterport", "not an E57 file"),
         ("junk.ifc", b"<?xml version='1.0'?>" * 100, "sandbox-speckle", "not an IFC file"),
         ("junk.e57", b"ISO-10303-21;\n" * 100, "sandbox-speckle", "not an E57 file"),
-        ("model.las", b"LASF" * 100, "sandbox-speckle", ".las: not a format this client sends"),
         ("model", b"ISO-10303-21;\n" * 100, "sandbox-speckle", "no extension: not a format"),
     ],
 )
@@ -275,7 +291,7 @@ def test_bad_tokens(
         )  # fmt: skip
         assert code == EXIT_AUTH
         assert the_error(err) == (
-            "upload-engine: failed: ProjectModelByName: SPECKLE_TOKEN is not valid (Your token "
+            "upload-engine: failed: SpeckleServer: SPECKLE_TOKEN is not valid (Your token "
             "is not valid.)"
         )
 
@@ -292,11 +308,10 @@ def test_unknown_organization_project_model_and_quota(
             "organization 'no-such-org' (request.unauthorized)"
         ),
         ("speckle", "--project", "no-such-project"): (
-            "ProjectModelByName: project not found: Project no-such-project not found "
-            "(STREAM_NOT_FOUND)"
+            "ProjectModelByName: project not found: Project not found (STREAM_NOT_FOUND)"
         ),
         ("speckle", "--model-id", "nosuchmodel"): (
-            "ProjectModel: model not found: Model not found (MODEL_NOT_FOUND)"
+            "ProjectModel: model not found: Model not found (BRANCH_NOT_FOUND)"
         ),
         ("matterport", "--organization", "sandbox-org"): (
             "addImportSession: the account's quota is exceeded: Organization 'sandbox-org' has "

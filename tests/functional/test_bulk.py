@@ -14,7 +14,7 @@ What these tests prove (issue 5, "Done when"):
   version per IFC, MD5s equal) and re-sends at most the parts in flight at each kill;
 * with many files at once, the blob store never has more PUTs in flight than ``--concurrency``;
 * one Ctrl-C stops cleanly (exit 130, how to resume, a consistent journal) and a rerun re-sends
-  nothing; two stop at once and a rerun still completes;
+  nothing; a Ctrl-C during a wait for the platform stops at once, and a rerun still completes;
 * a file changed between runs is reported and restarted, or refused with ``--on-change refuse``.
 
 The sandbox runs as its own process (``upload-engine sandbox serve``) where it must outlive the
@@ -355,7 +355,7 @@ def test_messy_tree_into_the_in_process_sandbox_with_faults(
         ["--state-dir", str(state), "--report", str(report_path)],
     )
     out = capsys.readouterr()
-    assert code == 1, out.err[-3000:]  # files were sent and some could not be: a failed run
+    assert code == 2, out.err[-3000:]  # the invalid files: local input errors (exit 2)
     assert state.stat().st_mode & 0o777 == 0o700
     report = json.loads(report_path.read_text())
     files = by_rel(report, tree)
@@ -674,7 +674,7 @@ def assert_journal_consistent(state: Path, tree: Path, part: int) -> int:
 
 
 @pytest.mark.slow
-def test_ctrl_c_once_stops_cleanly_twice_at_once_and_reruns_complete(
+def test_ctrl_c_stops_cleanly_mid_upload_and_at_once_in_a_wait_and_reruns_complete(
     tmp_path: Path, served: Served
 ) -> None:
     part = 256 * KiB
@@ -706,8 +706,8 @@ def test_ctrl_c_once_stops_cleanly_twice_at_once_and_reruns_complete(
     assert stats["bytes_received"] == sum(s.size for s in one.values())
     assert all(n == 1 for parts in stats["puts_by_part"].values() for n in parts.values())
 
-    # Two SIGINTs: the first while the import waits for its model (the drain is seen at the
-    # next poll, ~2 s away; --grace 30), the second stops it at once.
+    # One SIGINT while the import waits for its model: every wait honours a graceful stop at
+    # once (nothing is in flight to finish), so it exits at once, resumable.
     state = tmp_path / "state-two"
     cmd = import_cmd(tmp_path / "two", served, "matterport", state, *flags, "--grace", "30")
     before = served.stats()
@@ -720,9 +720,6 @@ def test_ctrl_c_once_stops_cleanly_twice_at_once_and_reruns_complete(
             time.sleep(POLL)
         time.sleep(0.2)  # past the first poll: now sleeping until the next one
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.3)
-        assert proc.poll() is None, "the first Ctrl-C alone stops at the next poll, not now"
-        proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
         code = proc.wait(20)
         stopped_in = time.monotonic() - sent
@@ -733,7 +730,7 @@ def test_ctrl_c_once_stops_cleanly_twice_at_once_and_reruns_complete(
     output = log.read_text()
     assert code == 130, output
     assert stopped_in < 1.0, stopped_in
-    assert "stopping: parts in flight get 30 s" in output and "to resume, rerun:" in output
+    assert "to resume, rerun:" in output
     served.wait_idle()
     assert_journal_consistent(state, tmp_path / "two", part)
     run = run_import(cmd, served, tmp_path / "two-2.log")
@@ -741,7 +738,9 @@ def test_ctrl_c_once_stops_cleanly_twice_at_once_and_reruns_complete(
     stats = assert_delivered_once(served, {**one, **two}, {})
     resent = stats["bytes_received"] - sum(s.size for s in [*one.values(), *two.values()])
     assert 0 <= resent <= 3 * part
-    print(f"\none Ctrl-C: exit {interrupted_after:.2f} s later; two: {stopped_in:.2f} s later")
+    print(
+        f"\nCtrl-C mid-upload: exit {interrupted_after:.2f} s later; in a wait: {stopped_in:.2f} s"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ against a served sandbox (``upload-engine sandbox serve``), no mocks of either s
   rewritten while its parts are being sent fails as changed instead of being committed mixed;
 - a full disk while journaling is one clear line (no ExceptionGroup, no traceback) and the
   journal resumes cleanly once there is room;
-- a directory that cannot be read is a failure (exit 1), listed with its reason.
+- a directory that cannot be read is a failure (exit 2, a local input error), listed with why.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def test_an_unreadable_directory_is_a_failure_listed_with_its_reason(
     finally:
         locked.chmod(0o755)
     out = capsys.readouterr()
-    assert code == 1, out.err
+    assert code == 2, out.err  # a local input error in the exit-code table; never 0
     files = by_rel(json.loads(report.read_text()), tree)
     assert files["locked"]["status"] == "failed", files
     assert "cannot read this directory: Permission denied" in files["locked"]["error"]

@@ -281,12 +281,19 @@ async def test_the_sandbox_refuses_path_traversal_and_unauthenticated_requests(
                     assert r.status == 401
                     body = await r.json()
                     assert body["errors"][0]["extensions"]["code"] == "request.unauthenticated"
-            for headers in ({}, {"Authorization": "Bearer not-a-token"}):
-                async with http.post(f"{sb.url}/graphql", json=query, headers=headers) as r:
-                    assert (r.status, await r.json()) == (
-                        403,
-                        {"error": "Your token is not valid."},
-                    )
+            bad = {"Authorization": "Bearer not-a-token"}
+            async with http.post(f"{sb.url}/graphql", json=query, headers=bad) as r:
+                assert (r.status, await r.json()) == (403, {"error": "Your token is not valid."})
+            # Without a token Speckle takes an anonymous caller (speckle-server
+            # shared/middleware createAuthContextFromToken): it may read, never write.
+            upload = {
+                "query": "mutation { fileUploadMutations { generateUploadUrl(input: "
+                '{projectId: "sandbox-project", fileName: "x.ifc"}) { url fileId } } }'
+            }
+            async with http.post(f"{sb.url}/graphql", json=upload) as r:
+                body = await r.json()
+            assert body["errors"][0]["extensions"]["code"] == "UNAUTHORIZED", body
+            assert "X-Signature" not in str(body)
 
 
 # ---- the credentials file ------------------------------------------------------------------------

@@ -154,6 +154,9 @@ def test_the_data_path_honours_ssl_cert_file_and_dir(
     untrusted: None,
     variable: str,
 ) -> None:
+    import tracemalloc
+
+    tracemalloc.start(30)
     data = os.urandom(300 * 1024)
     (tmp_path / "d.ifc").write_bytes(data)
     url = _presigned_put(https, private_ca, tls_bucket, "d.ifc")
