@@ -36,6 +36,12 @@ def _ignore(_: Event) -> None:
     return None
 
 
+#: seconds TLS connections get to finish closing once their pools closed: aiohttp closes an SSL
+#: transport without waiting for it (aio-libs/aiohttp#1925), so a loop that ends at once leaves
+#: the sockets open ("ResourceWarning: unclosed transport"); waited only after HTTPS was used
+_TLS_CLOSE_GRACE = 0.1
+
+
 def tls_context(config: UploadConfig) -> ssl.SSLContext | bool:
     """The one TLS trust of an uploader's pools (data and control planes): ``False`` when
     certificate checks are off; else a verifying context that trusts ``config.ca_bundle``
@@ -103,6 +109,7 @@ class Uploader:
         self._trace_configs = list(trace_configs)
         self._sender = sender
         self._owned: list[aiohttp.ClientSession] = []
+        self._https = False  # an owned pool spoke TLS (see _TLS_CLOSE_GRACE)
         self._engine: Engine | None = None
         self._journal: Journal | None = None
 
@@ -118,6 +125,7 @@ class Uploader:
                 data = control = self._session
             else:
                 ssl_ctx = tls_context(cfg)
+                traces = [*self._trace_configs, self._https_seen()]
                 timeout = aiohttp.ClientTimeout(
                     total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.stall_timeout
                 )
@@ -128,7 +136,7 @@ class Uploader:
                     timeout=timeout,
                     auto_decompress=False,
                     skip_auto_headers=("User-Agent",),
-                    trace_configs=self._trace_configs or None,
+                    trace_configs=traces,
                 )
                 self._owned.append(data)
                 control = aiohttp.ClientSession(
@@ -136,7 +144,7 @@ class Uploader:
                     timeout=aiohttp.ClientTimeout(
                         total=None, sock_connect=cfg.connect_timeout, sock_read=60
                     ),
-                    trace_configs=self._trace_configs or None,
+                    trace_configs=traces,
                 )
                 self._owned.append(control)
                 for owned in self._owned:
@@ -173,10 +181,26 @@ class Uploader:
         with anyio.CancelScope(shield=True):
             await self._close_owned()
 
+    def _https_seen(self) -> aiohttp.TraceConfig:
+        """Notes when an owned pool sends a request over HTTPS."""
+
+        async def started(
+            _: aiohttp.ClientSession, __: object, params: aiohttp.TraceRequestStartParams
+        ) -> None:
+            if params.url.scheme == "https":
+                self._https = True
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_start.append(started)
+        return trace
+
     async def _close_owned(self) -> None:
         for s in self._owned:
             await s.close()
         self._owned.clear()
+        if self._https:
+            self._https = False
+            await anyio.sleep(_TLS_CLOSE_GRACE)  # let the TLS transports finish closing
 
     def _running(self) -> Engine:
         if self._engine is None:

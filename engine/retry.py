@@ -192,13 +192,11 @@ def integrity_of(etag: str, headers: Mapping[str, str]) -> Integrity:
     if md5:
         return Integrity("content-md5", md5)
     if sse in _KMS:
-        why = f"encrypted with SSE-KMS ({sse}): its ETags are not MD5s"
+        why = f"it encrypts with SSE-KMS ({sse}), whose ETags are not MD5s"
     elif encrypted:
-        why = "encrypted with SSE-C: its ETags are not MD5s"
+        why = "it encrypts with SSE-C, whose ETags are not MD5s"
     elif headers.get("x-ms-content-crc64"):
-        why = (
-            "it answers with a CRC-64 only (x-ms-content-crc64), which this client does not compute"
-        )
+        why = "it answers a CRC-64 only (x-ms-content-crc64), which this client does not compute"
     else:
         why = f"its ETags ({etag[:24]}) are not MD5s and it sends no Content-MD5"
     return Integrity("none", why=why)

@@ -363,7 +363,7 @@ class Engine:
         if run.hashing:
             run.hashing = False
             run.ctx.phase(
-                f"the store's ETags cannot be checked against the bytes sent ({why}): "
+                f"the store's ETags cannot be checked against the bytes sent: {why}; "
                 "accepted as answered, not verified"
             )
 

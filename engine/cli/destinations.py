@@ -35,6 +35,7 @@ __all__ = [
     "Destination",
     "S3Place",
     "fault_plan",
+    "matterport_options",
     "open_destination",
     "sandbox",
     "sandbox_matterport",
@@ -119,7 +120,9 @@ async def open_destination(
     async with sandbox(sandbox_dir, args.sandbox_faults) as sb:
         dest = Destination(args.to, sandbox=sb)
         if kind in ("matterport", "sandbox"):
-            dest.matterport, dest.organization = sandbox_matterport(sb, args.organization)
+            dest.matterport, dest.organization = sandbox_matterport(
+                sb, args.organization, **matterport_options(args)
+            )
         if kind in ("speckle", "sandbox"):
             dest.speckle, dest.project = sandbox_speckle(sb, args.project, **speckle_options(args))
         yield dest
@@ -129,7 +132,9 @@ def _remote(args: argparse.Namespace, kind: Kind) -> Destination:
     """A real platform (credentials from the environment or the credentials file) or S3."""
     if kind == "matterport":
         kw = {"endpoint": args.endpoint} if args.endpoint else {}
-        client = Matterport(read_credentials(MatterportCredentials.from_env), **kw)
+        client = Matterport(
+            read_credentials(MatterportCredentials.from_env), **kw, **matterport_options(args)
+        )
         return Destination(args.to, matterport=client, organization=args.organization)
     if kind == "speckle":
         kw = {"server": args.server} if args.server else {}
@@ -181,14 +186,23 @@ async def sandbox(data_dir: Path | None, faults: str = "", **planes: Any) -> Asy
             await running.__aexit__(None, None, None)
 
 
-def sandbox_matterport(sb: Sandbox, organization: str | None = None) -> tuple[Matterport, str]:
+def matterport_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Matterport`` keywords of ``--processing-timeout`` (the wait for the model)."""
+    return {"model_deadline": getattr(args, "processing_timeout", 1800.0)}
+
+
+def sandbox_matterport(
+    sb: Sandbox, organization: str | None = None, **options: Any
+) -> tuple[Matterport, str]:
     """A client of a running ``sandbox()``'s Matterport plane, with the plane's own credentials,
-    and the organization to use (the plane's first unless one is given)."""
+    and the organization to use (the plane's first unless one is given; ``options``: more
+    ``Matterport`` keywords, e.g. ``matterport_options(args)``)."""
     mp = sb.config.matterport
     client = Matterport(
         MatterportCredentials(*mp.credentials[0]),
         endpoint=f"{sb.url}/api/import/graph",
         poll_interval=0.05,
+        **options,
     )
     return client, organization or sorted(mp.organizations)[0]
 

@@ -180,6 +180,7 @@ async def _run_units(
             on_change=args.on_change,
             trace_configs=trace,
             sender=sender,
+            force=getattr(args, "force", False),
         )
         async with uploader as up:
             async with anyio.create_task_group() as tg:
@@ -256,7 +257,8 @@ async def _import_session(up: Uploader, dest: Destination, es: list[Entry], star
     by_path = {str(r.path): r for r in result.files}
     for e in es:
         e.ids.update(ids)
-        _done(e, by_path.get(str(e.path.absolute())), time.monotonic() - started)
+        r = by_path.get(str(e.path.absolute()))
+        _done(e, r, time.monotonic() - started, skipped=result.skipped is not None)
 
 
 async def _speckle_file(up: Uploader, dest: Destination, e: Entry, started: float) -> None:
@@ -278,7 +280,12 @@ async def _s3_object(up: Uploader, dest: Destination, e: Entry, started: float) 
     _done(e, r, time.monotonic() - started)
 
 
-def _done(e: Entry, r: UploadResult | None, seconds: float) -> None:
+def _done(e: Entry, r: UploadResult | None, seconds: float, *, skipped: bool | None = None) -> None:
+    """``e`` uploaded by ``r``; or, when ``skipped`` (default: ``r.skipped``), not sent at all
+    because the destination confirmed it already had it (``--force`` sends it again)."""
+    if skipped if skipped is not None else (r is not None and r.skipped is not None):
+        e.status, e.reason = "skipped", "already uploaded"
+        return
     e.status = "ok"
     e.seconds = r.seconds if r is not None and r.seconds > 0 else seconds
     e.retries = r.retries if r is not None else 0

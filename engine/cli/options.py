@@ -116,6 +116,17 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         "--insecure", action="store_true", help="do not verify TLS certificates (prints a warning)"
     )
     g.add_argument(
+        "--ca-bundle",
+        metavar="FILE",
+        help="trust the CA certificates in this PEM file, for every HTTPS endpoint (default: "
+        "the system's, SSL_CERT_FILE / SSL_CERT_DIR; AWS_CA_BUNDLE for S3)",
+    )
+    g.add_argument(
+        "--force",
+        action="store_true",
+        help="upload again what is already uploaded (a new object, version or model)",
+    )
+    g.add_argument(
         "--json", action="store_true", help="JSON lines on stdout, ending with one Result record"
     )
     g.add_argument(
@@ -142,6 +153,7 @@ def engine_config(args: argparse.Namespace) -> UploadConfig:
         verify_etag=not args.no_verify_etag,
         verify_tls=not args.insecure,
         bwlimit=getattr(args, "bwlimit", None),
+        ca_bundle=getattr(args, "ca_bundle", None),
     )
 
 

@@ -342,7 +342,9 @@ class ProgressView:
 
 def _phase_level(event: Phase) -> Level:
     """Phases are ``-v`` detail, except what changes the plan: a resume, a restart."""
-    notable = event.message.startswith(("changed since", "resuming"))
+    notable = event.message.startswith(
+        ("changed since", "resuming", "the journal says", "the store's ETags cannot")
+    )
     return "NOTICE" if notable else "INFO"
 
 

@@ -5,12 +5,18 @@ Matterport takes every file into one import session; every other destination tak
 one by one, ``--files-at-once`` of them at a time, all under the one ``--concurrency`` budget
 (S3: with one botocore client for all). A file that fails does not stop the others; the exit
 code is the table's (``engine.cli.output``). A directory is refused: ``import`` takes those.
+
+The same command after a finished upload that the destination confirms sends nothing and says
+one line, ``already uploaded: <where> on <when>; --force to upload again``, with 0 bytes sent,
+no throughput, and ``"status": "skipped", "reason": "already uploaded"`` in ``--json``;
+``--force`` uploads it again (a new object, Speckle version or Matterport model).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +52,11 @@ from engine.cli.progress import progress_for
 from engine.cli.verbosity import http_trace, rank
 from engine.client import Uploader
 from engine.errors import ConfigError, UploadError
-from engine.models import FileInfo
+from engine.models import FileInfo, Skipped
 
-__all__ = ["register", "run_upload"]
+__all__ = ["already_line", "register", "run_upload"]
+
+ALREADY = "already uploaded"  # the reason ``--json`` and reports give for a skipped file
 
 #: what a destination's sender returns: the summary's subject, the bytes sent, the
 #: destination's own fields of the JSON record, and the exit code
@@ -104,11 +112,19 @@ async def run_upload(args: argparse.Namespace) -> Outcome:
             journal = state_dir / JOURNAL if dest.resumable else None
             trace = [http_trace(lambda m: view.print(m, "DEBUG"))] if rank(view.level) > 2 else []
             async with Uploader(
-                engine_config(args), on_event=view, journal=journal, trace_configs=trace
+                engine_config(args),
+                on_event=view,
+                journal=journal,
+                trace_configs=trace,
+                force=getattr(args, "force", False),
             ) as up:
                 subject, size, fields, code = await send(up, dest, args, infos)
+    already = fields.pop("already", "")
+    if already:  # nothing needed sending: no throughput for bytes never sent
+        record = {"destination": _named(args.to), **fields, "status": "skipped", "reason": ALREADY}
+        return Outcome(already, {**record, "bytes": size, "bytes_sent": 0}, code=code)
     record = {
-        "destination": "s3" if args.to.startswith("s3://") else args.to,
+        "destination": _named(args.to),
         **fields,
         "bytes": size,
         "bytes_sent": view.sent,
@@ -131,14 +147,18 @@ async def _to_matterport(
         description=args.description,
     )
     ids = remote_fields(result)
+    fields: dict[str, Any] = {
+        **ids,
+        "files": [str(f.path) for f in result.files],
+        "retries": sum(f.retries for f in result.files),
+    }
+    if result.skipped is not None:
+        where = f"model {ids['model_id']} (session {ids['session_id']})"
+        fields["already"] = already_line(where, result.skipped)
     return (
         f"matterport session {ids['session_id']} -> model {ids['model_id']}",
         result.bytes,
-        {
-            **ids,
-            "files": [str(f.path) for f in result.files],
-            "retries": sum(f.retries for f in result.files),
-        },
+        fields,
         EXIT_OK,
     )
 
@@ -170,10 +190,15 @@ async def _send_files(
     for i, exc in errors.items():
         records[i] = {"path": str(infos[i].path), "status": "failed", "error": one_line(exc)}
     done = [r for r in records if r is not None and r["status"] != "failed"]
+    fields: dict[str, Any] = {"files": records}
+    lines = [r.pop("already") for r in done if "already" in r]
+    if lines and len(lines) == len(records):  # every file: already uploaded
+        many = f"{plural(len(lines), 'file')}, the last on {lines[-1].split(' on ')[-1]}"
+        fields["already"] = lines[0] if len(lines) == 1 else f"{ALREADY}: {many}"
     return (
         _subject(kind, dest, args, done, len(errors)),
         sum(i.size for i in infos),
-        {"files": records},
+        fields,
         worst(exit_code_of(e) for e in errors.values()),
     )
 
@@ -207,13 +232,17 @@ async def _speckle_file(
         up, info.path, project_id=dest.project, model_name=args.model, model_id=args.model_id
     )
     ids = remote_fields(r)
-    return {
+    record = {
         "path": str(info.path),
         "status": "ok",
         **{name: ids[name] for name in ("project_id", "model_id", "version_id")},
         "bytes": info.size,
         "seconds": round(r.seconds, 3),
     }
+    if r.upload.skipped is not None:
+        where = f"version {ids['version_id']} of model {ids['model_id']}"
+        record.update(_skipped(where, r.upload.skipped))
+    return record
 
 
 async def _s3_file(
@@ -223,14 +252,16 @@ async def _s3_file(
     assert place is not None
     r = await up.upload(info.path, place.target(info.path))
     key = place.key_for(info.path)
-    status = "skipped" if r.skipped is not None else "ok"
-    return {
+    record = {
         "path": str(info.path),
-        "status": status,
+        "status": "ok",
         "bucket": place.bucket,
         "key": key,
         **remote_fields(r),
     }
+    if r.skipped is not None:
+        record.update(_skipped(f"s3://{place.bucket}/{key}", r.skipped))
+    return record
 
 
 async def _sandbox_file(
@@ -253,3 +284,27 @@ FILE_SENDERS: dict[Kind, FileSender] = {
     "s3": _s3_file,
     "sandbox": _sandbox_file,
 }
+
+
+# ---- already uploaded ------------------------------------------------------------------------
+
+
+def already_line(where: str, skipped: Skipped) -> str:
+    """``already uploaded: <where> on <when>; --force to upload again``."""
+    when = "an earlier run"
+    if skipped.since:
+        try:
+            when = datetime.fromisoformat(skipped.since).strftime("%Y-%m-%d %H:%M UTC")
+        except ValueError:
+            when = skipped.since
+    return f"{skipped.reason}: {where} on {when}; --force to upload again"
+
+
+def _skipped(where: str, skipped: Skipped) -> Record:
+    """A file record's fields when it was not sent (``already``: its line, taken out again
+    before the record is shown)."""
+    return {"status": "skipped", "reason": skipped.reason, "already": already_line(where, skipped)}
+
+
+def _named(to: str) -> str:
+    return "s3" if to.startswith("s3://") else to

@@ -573,10 +573,13 @@ def test_sigkill_at_several_points_then_rerun_delivers_each_file_once(
     assert stats["max_puts_in_flight"] <= CRASH_CONCURRENCY
     for to, scans in (("matterport", e57), ("speckle", ifc)):
         files = by_rel(json.loads((logs / f"{to}-report.json").read_text()), tree)
-        assert all(files[rel]["status"] == "ok" for rel in scans), files
+        # done by the last run, or confirmed by the server as done by a killed one
+        ends = {(files[rel]["status"], files[rel].get("reason")) for rel in scans}
+        assert ends <= {("ok", None), ("skipped", "already uploaded")}, files
     files = by_rel(json.loads((logs / "matterport-report.json").read_text()), tree)
-    assert len({files[rel]["session_id"] for rel in e57}) == len(e57)
-    assert len({files[rel]["model_id"] for rel in e57}) == len(e57)
+    sent = [rel for rel in e57 if files[rel]["status"] == "ok"]
+    assert len({files[rel]["session_id"] for rel in sent}) == len(sent)
+    assert len({files[rel]["model_id"] for rel in sent}) == len(sent)
 
 
 # ----------------------------------------------------------------------------------------------

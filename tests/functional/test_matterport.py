@@ -811,3 +811,31 @@ async def test_a_held_part_whose_etag_is_not_the_journaled_one_is_sent_again(
             result = await mport.import_files(up, [path], organization=ORG)
     assert_arrived(mp, result, [md5])
     assert set(puts(sb)) == (set(range(1, 9)) - held) | {wrong}
+
+
+async def test_a_graceful_stop_ends_the_wait_for_the_model_at_once(tmp_path: Path) -> None:
+    """Real time: the first poll found no model and the next is 30 s away; a drain ends the
+    wait at once (the rerun picks the model up, as above)."""
+    path, _ = sample(tmp_path, "scan.e57", 300 * KiB, seed=24)
+    async with sandbox(model_delay=60.0) as (sb, _mp):
+        client = Matterport(CREDENTIALS, endpoint=f"{sb.url}/api/import/graph", poll_interval=30.0)
+        waiting = anyio.Event()
+        stopped: list[float] = []
+
+        def hook(event: Event) -> None:
+            if isinstance(event, Phase) and event.message == "waiting for the model":
+                waiting.set()
+
+        async with Uploader(UploadConfig(part_size=PART), on_event=hook) as up:
+
+            async def stop_soon() -> None:
+                await waiting.wait()
+                await anyio.sleep(0.3)  # well into the 30 s pause before the next poll
+                stopped.append(anyio.current_time())
+                up.drain()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stop_soon)
+                with anyio.fail_after(10), pytest.raises(InterruptedUpload, match="waiting for"):
+                    await client.import_files(up, [path], organization=ORG)
+            assert anyio.current_time() - stopped[0] < 1.0

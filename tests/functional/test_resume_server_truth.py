@@ -102,6 +102,13 @@ def said(events: list[Event], text: str) -> list[str]:
     return [e.message for e in events if isinstance(e, Phase) and text in e.message]
 
 
+async def imported_once(path: Path, journal: Path) -> tuple[int, MatterportResult]:
+    """``path`` imported into a sandbox that is then gone: (its port, what it made)."""
+    port = free_port()
+    async with server(port) as first_sb:
+        return port, await import_(first_sb, [path], journal)
+
+
 # ---- Matterport ----------------------------------------------------------------------------------
 
 
@@ -112,9 +119,7 @@ async def test_a_second_server_handing_out_the_journaled_session_id_gets_the_fil
     knows. The file is uploaded (not taken as done), and the commit succeeds."""
     path, md5 = e57(tmp_path)
     journal = tmp_path / "journal.jsonl"
-    port = free_port()
-    async with server(port) as first_sb:
-        first = await import_(first_sb, [path], journal)
+    port, first = await imported_once(path, journal)
     events: list[Event] = []
     async with server(port) as sb:
         mp = matterport_plane(sb)
@@ -137,9 +142,7 @@ async def test_a_journaled_session_the_server_holds_for_someone_else_is_not_resu
     path, md5 = e57(tmp_path)
     other, _ = e57(tmp_path, "other.e57", seed=2)
     journal = tmp_path / "journal.jsonl"
-    port = free_port()
-    async with server(port) as first_sb:
-        first = await import_(first_sb, [path], journal)
+    port, first = await imported_once(path, journal)
     async with server(port) as sb:
         mp = matterport_plane(sb)
         # Someone else's import takes the seeded id first, for another organization.
@@ -162,9 +165,7 @@ async def test_a_journaled_model_the_server_does_not_have_starts_a_new_session(
     path, md5 = e57(tmp_path)
     other, _ = e57(tmp_path, "other.e57", seed=2)
     journal = tmp_path / "journal.jsonl"
-    port = free_port()
-    async with server(port) as first_sb:
-        first = await import_(first_sb, [path], journal)
+    port, first = await imported_once(path, journal)
     async with server(port) as sb:
         mp = matterport_plane(sb)
         # Another run takes the seeded session id first, with one more file: more ids drawn

@@ -291,13 +291,11 @@ async def test_existing_model_by_name(tmp_path: Path, name: str, found_by: list[
         assert main is not None
         result, target = await upload(sb, path, model_name=name)
         assert result.model_id == main.id
-        assert target.calls == [
-            "SpeckleServer",
-            *found_by,
-            "GenerateFileUploadUrl",
-            "StartFileIngestion",
-            "Ingestion",
-        ]
+        # then the status: live over the socket, with polls as the backstop (how many depends
+        # on when the socket's updates arrive, in real time, against the fake clock's polls)
+        head = ["SpeckleServer", *found_by, "GenerateFileUploadUrl", "StartFileIngestion"]
+        assert target.calls[: len(head)] == head
+        assert set(target.calls[len(head) :]) == {"Ingestion"}
         assert len(plane(sb).models) == 1  # no second model
         assert_ingested_once(sb, result, digest)
 
@@ -426,12 +424,9 @@ async def test_crash_between_put_and_completion_resumes_without_put(tmp_path: Pa
 
         result, target = await upload(sb, path, journal=journal)
         assert puts(sb) == 1  # nothing sent again
-        assert target.calls == [
-            "SpeckleServer",
-            "ProjectModelByName",
-            "StartFileIngestion",
-            "Ingestion",
-        ]
+        head = ["SpeckleServer", "ProjectModelByName", "StartFileIngestion"]
+        assert target.calls[: len(head)] == head
+        assert set(target.calls[len(head) :]) == {"Ingestion"}  # live status, polls as backstop
         assert result.upload.bytes_sent == 0
         assert_ingested_once(sb, result, digest)
 

@@ -154,9 +154,6 @@ def test_the_data_path_honours_ssl_cert_file_and_dir(
     untrusted: None,
     variable: str,
 ) -> None:
-    import tracemalloc
-
-    tracemalloc.start(30)
     data = os.urandom(300 * 1024)
     (tmp_path / "d.ifc").write_bytes(data)
     url = _presigned_put(https, private_ca, tls_bucket, "d.ifc")
@@ -230,3 +227,26 @@ async def test_graphql_honours_ssl_cert_file(
         async with Uploader(UploadConfig(), clock=FakeClock()) as up:
             result = await client.import_files(up, [path], organization=organization)
         assert result.model_id
+
+
+@pytest.mark.usefixtures("untrusted")
+def test_the_command_line_takes_ca_bundle_for_s3(
+    tmp_path: Path,
+    https: str,
+    tls_bucket: str,
+    private_ca: PrivateCA,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from engine.cli import main
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    data = os.urandom(PART + 3)
+    (tmp_path / "c.e57").write_bytes(data)
+    argv = ["upload", str(tmp_path / "c.e57"), "--to", f"s3://{tls_bucket}/c.e57"]
+    argv += ["--endpoint-url", https, "--state-dir", str(tmp_path / "state")]
+    assert main([*argv, "--ca-bundle", str(tmp_path / "missing.pem")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"upload-engine: error: CA bundle {tmp_path / 'missing.pem'}: no such file"
+    assert main([*argv, "--ca-bundle", str(private_ca.ca)]) == 0
+    _arrived(https, private_ca, tls_bucket, "c.e57", data)

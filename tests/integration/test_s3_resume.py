@@ -121,3 +121,25 @@ def test_a_repeat_sends_nothing_and_force_sends_it_again(
     assert forced.skipped is None and forced.bytes_sent == len(data)
     assert forced.remote.upload_id != first.remote.upload_id  # type: ignore[attr-defined]
     assert "uploaded before: uploading it again, as forced" in said
+
+
+def test_the_command_line_says_already_uploaded_for_s3(
+    tmp_path: Path,
+    moto_endpoint: str,
+    s3_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from engine.cli import main
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    bucket = _bucket(moto_endpoint)
+    (tmp_path / "d.ifc").write_bytes(os.urandom(200 * 1024))
+    argv = ["upload", str(tmp_path / "d.ifc"), "--to", f"s3://{bucket}/k/d.ifc"]
+    argv += ["--endpoint-url", moto_endpoint, "--state-dir", str(tmp_path / "state")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f"already uploaded: s3://{bucket}/k/d.ifc on ")
+    assert line.endswith(" UTC; --force to upload again")
