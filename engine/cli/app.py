@@ -126,14 +126,12 @@ def _run_async(runner: Runner, args: argparse.Namespace) -> Outcome:
 
     use_uvloop = getattr(args, "loop", "auto") == "uvloop"
     if use_uvloop:
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("uvloop") is None:  # an extra: not installed by default
             from engine.errors import ConfigError
 
-            raise ConfigError(
-                "--loop uvloop needs uvloop: pip install 'upload-engine[uvloop]'"
-            ) from None
+            raise ConfigError("--loop uvloop needs uvloop: pip install 'upload-engine[uvloop]'")
     return anyio.run(runner, args, backend_options={"use_uvloop": use_uvloop})
 
 
