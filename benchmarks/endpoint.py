@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tls", action="store_true")
     p.add_argument("--cert", type=Path)
     p.add_argument("--key", type=Path)
-    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
     args = p.parse_args(argv)
 
     sock = _listen(args.host, args.port, reuse_port=args.workers > 1)
@@ -507,7 +507,12 @@ def main(argv: list[str] | None = None) -> None:
         coro = serve(
             sock, hash_=args.hash, fail_rate=args.fail_rate, seed=args.seed, ssl_ctx=ssl_ctx
         )
-        if args.loop == "uvloop":
+        import importlib.util
+
+        loop = args.loop
+        if loop == "auto":  # uvloop where the bench extra installed it, else the stock loop
+            loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        if loop == "uvloop":
             import uvloop
 
             uvloop.run(coro)

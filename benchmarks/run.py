@@ -319,6 +319,12 @@ def run_one(
 
 # ------------------------------------------------------------------------------------------
 # the matrix
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _engine(name: str, *extra: str) -> Contender:
     return Contender(name, "py", ("engine", *extra), group="engine")
 
@@ -383,7 +389,8 @@ def build_cases(data: dict[str, Path], quick: bool) -> list[Case]:
             bulk,
             8,
             8,
-            (eng_on, eng_uv, eng_off, ceiling, b3t, crtn, s5, s5n),
+            # uvloop is an extra (in `bench`): without it the engine runs on the stock loop only
+            (eng_on, *([eng_uv] if _has("uvloop") else []), eng_off, ceiling, b3t, crtn, s5, s5n),
         ),
         Case(
             "faults-http",
