@@ -82,6 +82,9 @@ async def sandbox(
     faults: FaultPlan | None = None, *, discard: bool = False, **speckle: Any
 ) -> AsyncIterator[Sandbox]:
     speckle.setdefault("step_delay", 0.0)
+    # The public server's rate limit (on by default) is pinned in test_speckle_ratelimit.py;
+    # here the fake clock's instant backstop polls would only race it.
+    speckle.setdefault("rate_limit_per_second", None)
     config = SandboxConfig(
         speckle=SpeckleSandboxConfig(**speckle), faults=faults or FaultPlan(), discard=discard
     )
