@@ -106,6 +106,16 @@ def client(sb: Sandbox, token: str = TOKEN, **kw: Any) -> Speckle:
     return Speckle(SpeckleCredentials(token), server=sb.url, **kw)
 
 
+class SteadyFakeClock(FakeClock):
+    """Virtual time whose waits also let a little real time pass: with one attempt per call
+    and every 5th request throttled, status polls must not spin faster than the live
+    update (which comes in real time) can arrive."""
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds)
+        await anyio.sleep(0.05)
+
+
 def fake_clock() -> FakeClock:
     """Virtual time that starts at the real date: the sandbox stamps ``createdAt`` with the wall
     clock, and the recovery compares it with the journaled ``requested_at``."""
@@ -520,7 +530,7 @@ async def test_unknown_outcome_is_looked_up_then_sent_after_a_pause(
     # One attempt per call: the 5th request (startFileIngestion) is throttled and given up on,
     # so its outcome is unknown to the client (the sandbox refused it before running it).
     config = dataclasses.replace(CONFIG, max_attempts=1, backoff_base=base, backoff_cap=base)
-    clock = fake_clock()
+    clock = SteadyFakeClock(start=datetime.now(UTC))
     before = BeforeWaiting(clock)
     async with sandbox(rate_limit_every=5) as sb:
         result, target = await upload(sb, path, clock=clock, config=config, on_event=before)
