@@ -5,9 +5,14 @@ prints one JSON line ``{"seconds": ..., "bytes": ...}``: the time from the first
 work (clients already constructed, interpreter and imports excluded) to the last answer.
 The harness measures peak RSS of the whole process from outside (``wait4``).
 
+``--part-size`` and ``--concurrency`` are optional: without them each tool runs at its own
+defaults (the engine: adaptive concurrency, its default part size); the ceiling, the
+part-by-part script and the ``tuned``/``matched`` variants need both.
+
 Contenders:
 - ``engine``    this project, via ``PresignedMultipart`` (``--target presigned``) or
                 ``S3Target`` (``--target s3``); ``--verify on|off``; ``--loop asyncio|uvloop``;
+                ``--max-concurrency N`` and ``--data-loops N`` as on the command line;
 - ``sendfile``  the ceiling: raw sockets, one thread per connection, ``os.sendfile`` of each
                 part after a hand-written request head; no hashing, no TLS;
 - ``requests``  Matterport's example: read a part into memory, ``requests.put`` it, next part;
@@ -56,11 +61,17 @@ def run_engine(args: argparse.Namespace) -> float:
     from engine.target import Target
 
     files = _files(args)
+    knobs: dict[str, Any] = {}
+    if args.part_size is not None:
+        knobs["part_size"] = args.part_size * EMiB
+    if args.max_concurrency is not None:
+        knobs["max_concurrency"] = args.max_concurrency
     cfg = UploadConfig(
         concurrency=args.concurrency,
-        part_size=args.part_size * EMiB,
+        data_loops=args.data_loops,
         verify_etag=args.verify == "on",
         verify_tls=True,
+        **knobs,
     )
     base = args.url.rstrip("/")
 
@@ -94,7 +105,9 @@ def run_engine(args: argparse.Namespace) -> float:
             if len(targets) == 1:
                 await up.upload(*targets[0])
             else:
-                results = await up.upload_many(targets, files_at_once=args.concurrency)
+                # files at once: the fixed concurrency, else the command line's default (4)
+                at_once = args.concurrency or 4
+                results = await up.upload_many(targets, files_at_once=at_once)
                 for r in results:
                     if isinstance(r, Exception):
                         raise r
@@ -107,8 +120,16 @@ def run_engine(args: argparse.Namespace) -> float:
     return elapsed
 
 
+def _matched(args: argparse.Namespace) -> tuple[int, int]:
+    """(part size in MiB, concurrency) of a contender that needs both."""
+    if args.part_size is None or args.concurrency is None:
+        raise SystemExit(f"{args.name} {args.variant}: needs --part-size and --concurrency")
+    return int(args.part_size), int(args.concurrency)
+
+
 # --- sendfile ceiling ---------------------------------------------------------------------
 def run_sendfile(args: argparse.Namespace) -> float:
+    part_mib, concurrency = _matched(args)
     files = _files(args)
     u = urlsplit(args.url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
@@ -116,7 +137,7 @@ def run_sendfile(args: argparse.Namespace) -> float:
     for i, path in enumerate(files):
         size = path.stat().st_size
         if args.mode == "multipart":
-            ps = args.part_size * MiB
+            ps = part_mib * MiB
             for n, off in enumerate(range(0, size, ps), start=1):
                 q = f"?partNumber={n}&uploadId=bench"
                 jobs.append((path, off, min(ps, size - off), f"/{args.bucket}/{_key(path, i)}{q}"))
@@ -167,7 +188,7 @@ def run_sendfile(args: argparse.Namespace) -> float:
             sock.close()
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
@@ -184,11 +205,12 @@ def run_requests(args: argparse.Namespace) -> float:
     files = _files(args)
     base = args.url.rstrip("/")
     verify: str | bool = args.ca or True
+    part_mib = _matched(args)[0] if args.mode == "multipart" else 0
     t0 = time.perf_counter()
     for i, path in enumerate(files):
         key = _key(path, i)
         size = path.stat().st_size
-        ps = args.part_size * MiB if args.mode == "multipart" else size
+        ps = part_mib * MiB if args.mode == "multipart" else size
         with path.open("rb") as f:
             for n in range(1, max(1, -(-size // ps)) + 1):
                 data = f.read(ps)
@@ -205,7 +227,9 @@ def _boto_client(args: argparse.Namespace, tuned: bool) -> Any:
     from botocore.config import Config
 
     s3cfg: dict[str, Any] = {"addressing_style": "path"}
-    kw: dict[str, Any] = {"max_pool_connections": max(10, args.concurrency)}
+    kw: dict[str, Any] = {}
+    if args.concurrency is not None:  # botocore's default pool holds 10
+        kw["max_pool_connections"] = max(10, args.concurrency)
     if tuned:
         s3cfg["payload_signing_enabled"] = False
         kw["request_checksum_calculation"] = "when_required"
@@ -229,10 +253,11 @@ def run_boto3(args: argparse.Namespace) -> float:
     client = _boto_client(args, tuned)
     files = _files(args)
     if tuned:
+        part_mib, concurrency = _matched(args)
         tc = TransferConfig(
-            multipart_chunksize=args.part_size * MiB,
-            multipart_threshold=(args.part_size * MiB if args.mode != "single" else 5 * 1024**3),
-            max_concurrency=args.concurrency,
+            multipart_chunksize=part_mib * MiB,
+            multipart_threshold=(part_mib * MiB if args.mode != "single" else 5 * 1024**3),
+            max_concurrency=concurrency,
             use_threads=True,
         )
     else:
@@ -266,9 +291,10 @@ def run_crt(args: argparse.Namespace) -> float:
         tls_opts = io.ClientTlsContext(ctx_opts).new_connection_options()
         tls_opts.set_server_name(u.hostname or "127.0.0.1")
     kw: dict[str, Any] = {}
-    if args.variant == "matched" or args.mode == "single":
-        kw["part_size"] = args.part_size * MiB
-        kw["max_active_connections_override"] = args.concurrency
+    if args.variant in ("matched", "nocheck") or (args.mode == "single" and args.part_size):
+        part_mib, concurrency = _matched(args)
+        kw["part_size"] = part_mib * MiB
+        kw["max_active_connections_override"] = concurrency
     if args.mode == "single":
         kw["multipart_upload_threshold"] = 5 * 1024**3
     client = s3.S3Client(
@@ -332,8 +358,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--path", required=True, help="the file, or the directory for bulk")
     p.add_argument("--mode", choices=("multipart", "single", "bulk"), default="multipart")
     p.add_argument("--bucket", default="bench")
-    p.add_argument("--part-size", type=int, default=16, help="MiB")
-    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--part-size", type=int, default=None, help="MiB (default: the tool's)")
+    p.add_argument("--concurrency", type=int, default=None, help="default: the tool's")
+    p.add_argument("--max-concurrency", type=int, default=None, help="engine: adaptive ceiling")
+    p.add_argument("--data-loops", type=int, default=None, help="engine: HTTPS event loops")
     p.add_argument("--variant", default="default")
     p.add_argument("--verify", choices=("on", "off"), default="on")
     p.add_argument("--target", choices=("presigned", "s3"), default="presigned")

@@ -21,7 +21,10 @@ Rules:
   reading the body, as S3 does);
 - ``GET /__stats`` answers JSON counters (body bytes, requests, injected faults) so the harness
   can check that every contender really sent its bytes;
-- ``--tls`` serves HTTPS with a certificate made at run time (``make_cert``).
+- ``--tls`` serves HTTPS with a certificate made at run time (``make_cert``);
+- ``--delay-ms``, ``--connect-delay-ms``, ``--conn-rate``, ``--link-rate`` shape the endpoint's
+  side as a wide-area path (a round trip per response and per new connection, a rate cap per
+  connection and one for the link): ``benchmarks.shape`` says how.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ import ssl
 import sys
 from pathlib import Path
 from typing import Any, cast
+
+from benchmarks.shape import RCVBUF, Gate, Pacer, Shape, parse_rate, serve_shaped
 
 __all__ = ["Stats", "main", "make_cert", "serve"]
 
@@ -78,6 +83,7 @@ class _Conn(asyncio.BufferedProtocol):
         self.buf = bytearray(_BUF)
         self.view = memoryview(self.buf)
         self.transport: asyncio.Transport | None = None
+        self.gate: Gate | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -102,6 +108,10 @@ class _Conn(asyncio.BufferedProtocol):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        srv = self.srv
+        if srv.shape.capped:
+            conn = Pacer(srv.shape.conn_rate) if srv.shape.conn_rate else None
+            self.gate = Gate(self.transport, conn, srv.link)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.view
@@ -111,8 +121,10 @@ class _Conn(asyncio.BufferedProtocol):
             self._feed(self.view[:nbytes])
         except _BadRequest as exc:
             self._respond(400, f"<Error><Code>BadRequest</Code><Message>{exc}</Message></Error>")
-            if self.transport is not None:
-                self.transport.close()
+            self._send(None)
+            return
+        if self.gate is not None:
+            self.gate.after_read(nbytes)
 
     def eof_received(self) -> bool | None:
         return None
@@ -257,8 +269,8 @@ class _Conn(asyncio.BufferedProtocol):
         self.aws_state = _CHUNK_SIZE
         self.aws_remaining = 0
         self.aws_line = bytearray()
-        if headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if headers.get("expect", "").lower() == "100-continue":
+            self._send(b"HTTP/1.1 100 Continue\r\n\r\n")  # an answer: it pays the round trip
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self.state = _CHUNK_SIZE
             self.line.clear()
@@ -336,10 +348,9 @@ class _Conn(asyncio.BufferedProtocol):
             self._respond(200, body)
         else:
             self._respond(200, "")
-        keep = self.keep_alive
+        if not self.keep_alive:
+            self._send(None)  # before the reset: the close follows its answer's delay
         self._reset()
-        if not keep and self.transport is not None:
-            self.transport.close()
 
     def _respond(
         self,
@@ -359,7 +370,24 @@ class _Conn(asyncio.BufferedProtocol):
         head.extend(f"{k}: {v}" for k, v in extra)
         if not self.keep_alive:
             head.append("Connection: close")
-        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+        self._send(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+
+    def _send(self, data: bytes | None) -> None:
+        """Write ``data`` (``None``: close), after the shape's round trip; the harness's
+        ``/__stats`` is answered at once. Answers keep their order (one delay for all)."""
+        delay = self.srv.delay
+        if delay and not self.target.startswith("/__stats"):
+            asyncio.get_running_loop().call_later(delay, self._write, data)
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes | None) -> None:
+        if self.transport is None:
+            return
+        if data is None:
+            self.transport.close()
+        else:
+            self.transport.write(data)
 
 
 class _BadRequest(Exception):
@@ -392,12 +420,15 @@ def _http_date() -> str:
 
 
 class _Server:
-    def __init__(self, *, hash_: bool, fail_rate: float, seed: int) -> None:
+    def __init__(self, *, hash_: bool, fail_rate: float, seed: int, shape: Shape) -> None:
         self.hash = hash_
         self.fail_rate = fail_rate
         self.rng = random.Random(seed)
         self.stats = Stats()
         self.counter = 0
+        self.shape = shape
+        self.delay = shape.delay_ms / 1000
+        self.link = Pacer(shape.link_rate) if shape.link_rate else None
 
 
 def make_cert(directory: Path) -> tuple[Path, Path]:
@@ -450,9 +481,14 @@ async def serve(
     fail_rate: float = 0.0,
     seed: int = 0,
     ssl_ctx: ssl.SSLContext | None = None,
+    shape: Shape | None = None,
 ) -> None:
     """Serve on an already bound, listening socket until cancelled."""
-    srv = _Server(hash_=hash_, fail_rate=fail_rate, seed=seed)
+    shape = shape or Shape()
+    srv = _Server(hash_=hash_, fail_rate=fail_rate, seed=seed, shape=shape)
+    if shape.active:
+        await serve_shaped(sock, lambda: _Conn(srv), shape, ssl_ctx)
+        return
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _Conn(srv), sock=sock, ssl=ssl_ctx, backlog=512)
     async with server:
@@ -470,6 +506,13 @@ def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+def _rate(text: str) -> float:
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -482,7 +525,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cert", type=Path)
     p.add_argument("--key", type=Path)
     p.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto")
+    p.add_argument("--delay-ms", type=float, default=0.0, help="round trip per response")
+    p.add_argument(
+        "--connect-delay-ms", type=float, default=0.0, help="round trip per new connection"
+    )
+    p.add_argument("--conn-rate", type=_rate, default=0.0, help="bits/s per connection (400M)")
+    p.add_argument("--link-rate", type=_rate, default=0.0, help="bits/s, all connections (4G)")
+    p.add_argument("--rcvbuf", type=int, default=RCVBUF, help="SO_RCVBUF when a rate is capped")
     args = p.parse_args(argv)
+    shape = Shape(
+        delay_ms=args.delay_ms,
+        connect_delay_ms=args.connect_delay_ms,
+        conn_rate=args.conn_rate,
+        link_rate=args.link_rate,
+        rcvbuf=args.rcvbuf,
+    )
+    if shape.link_rate and args.workers > 1:
+        p.error("--link-rate is one process's cap: use --workers 1")
+    if min(args.delay_ms, args.connect_delay_ms) < 0:
+        p.error("--delay-ms and --connect-delay-ms must not be negative")
 
     sock = _listen(args.host, args.port, reuse_port=args.workers > 1)
     port = sock.getsockname()[1]
@@ -505,7 +566,12 @@ def main(argv: list[str] | None = None) -> None:
 
     def run() -> None:
         coro = serve(
-            sock, hash_=args.hash, fail_rate=args.fail_rate, seed=args.seed, ssl_ctx=ssl_ctx
+            sock,
+            hash_=args.hash,
+            fail_rate=args.fail_rate,
+            seed=args.seed,
+            ssl_ctx=ssl_ctx,
+            shape=shape,
         )
         import importlib.util
 

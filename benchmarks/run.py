@@ -1,14 +1,21 @@
 """``python -m benchmarks.run``: the engine against the tools users would pick instead.
 
+The cases and their contenders are in ``benchmarks.cases``; this module runs them.
+
 Same files, same loopback endpoint (``benchmarks.endpoint``), every contender in its own
 process, interleaved (A B C A B C ...) over several repetitions; the median and min-max of
-throughput, and each process's peak RSS (``wait4``), per case. Writes
+throughput, and each process's peak RSS (``VmHWM``), per case. Writes
 ``benchmarks/results/<timestamp>.json`` and ``latest.json``, prints a markdown table, and
 saves ``latest.png``.
 
 Throughput is the file bytes over the contender's transfer time (Python contenders time
 themselves after imports and client construction; command-line tools are timed from the
-outside, start-up included: a few milliseconds).
+outside, start-up included: a few milliseconds). In the WAN cases (``wan-*``, ``Case.wall``)
+every contender is timed from the outside: the process's wall time, start-up included.
+
+The WAN cases run against an endpoint that shapes its side (``benchmarks.shape``: a round
+trip per response and per new connection, a rate cap per connection and for the link); each
+shaped case has its own endpoint process, so its link cap is shared by its connections only.
 """
 
 from __future__ import annotations
@@ -26,14 +33,20 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.cluster import cases as cluster_cases
+from benchmarks.cases import Case, Contender, build_cases
 from benchmarks.cluster import plot as cluster_plot
 from benchmarks.report import evaluate_targets, markdown, plot
+from benchmarks.shape import Shape
+
+__all__ = ["Case", "Contender", "Sample", "main"]  # Case, Contender: see benchmarks.cases
+
+#: the case groups' own plots, beside latest.png: (draw(result, path), file name)
+PLOTS: list[tuple[Callable[[dict[str, Any], Path], object], str]] = [(cluster_plot, "cluster.png")]
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / ".data"
@@ -41,33 +54,6 @@ RESULTS = ROOT / "results"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 PY = sys.executable
-
-
-@dataclass(frozen=True)
-class Contender:
-    """One way of uploading: a Python contender (``benchmarks.contenders``) or a command."""
-
-    name: str
-    kind: str  # "py" or "cmd"
-    args: tuple[str, ...] = ()  # extra args for a py contender, or the tool name for cmd
-    group: str = "peer"  # "engine", "peer", "ceiling"
-    default_config: bool = True  # a peer as users run it (no tuning)
-    hashing: bool = True  # the contender hashes/checks its payload
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    label: str
-    mode: str  # multipart | single | bulk
-    scheme: str  # http | https
-    path: str  # file or directory
-    part_mib: int
-    concurrency: int
-    contenders: tuple[Contender, ...]
-    faults: bool = False
-    reps: int | None = None  # overrides the global repetition count
-    size: int = 0  # bytes per run
 
 
 @dataclass
@@ -120,6 +106,12 @@ def make_data(quick: bool) -> dict[str, Path]:
     n_small = 20 if quick else 200
     big = DATA / f"random-{big_size // MiB}m.bin"
     _write_random(big, big_size)
+    # the WAN cases' files (wan-30: 1 GiB, wan-80: 512 MiB; quick: the 256 MiB file)
+    wan30, wan80 = big, big
+    if not quick:
+        wan30, wan80 = DATA / "random-1024m.bin", DATA / "random-512m.bin"
+        _write_random(wan30, GiB)
+        _write_random(wan80, 512 * MiB)
     bulk = DATA / f"bulk-{n_small}x8m"
     for i in range(n_small):
         _write_random(bulk / f"scan-{i:04d}.bin", 8 * MiB)
@@ -130,8 +122,8 @@ def make_data(quick: bool) -> dict[str, Path]:
     if not quick and not (sparse.exists() and sparse.stat().st_size == 20 * GiB):
         with sparse.open("wb") as f:
             f.truncate(20 * GiB)  # a hole: reads are zeros, nothing on disk
-    _warm([big, *sorted(bulk.iterdir())])
-    return {"big": big, "bulk": bulk, "sparse": sparse}
+    _warm(dict.fromkeys([big, wan30, wan80, *sorted(bulk.iterdir())]))
+    return {"big": big, "bulk": bulk, "sparse": sparse, "wan30": wan30, "wan80": wan80}
 
 
 # ------------------------------------------------------------------------------------------
@@ -139,8 +131,16 @@ def make_data(quick: bool) -> dict[str, Path]:
 class Endpoint:
     """A ``benchmarks.endpoint`` process on a free loopback port."""
 
-    def __init__(self, *, tls: bool, cert: Path | None, key: Path | None, fail_rate: float):
-        argv = [PY, "-m", "benchmarks.endpoint", "--port", "0"]
+    def __init__(
+        self,
+        *,
+        tls: bool,
+        cert: Path | None,
+        key: Path | None,
+        fail_rate: float,
+        shape: Shape | None = None,
+    ):
+        argv = [PY, "-m", "benchmarks.endpoint", "--port", "0", *(shape.argv() if shape else [])]
         if fail_rate:
             argv += ["--fail-rate", str(fail_rate), "--seed", "42"]
         if tls:
@@ -188,25 +188,16 @@ def _s5cmd_binary() -> str | None:
 
 def contender_argv(c: Contender, case: Case, url: str, ca: str | None) -> list[str]:
     if c.kind == "py":
-        argv = [
-            PY,
-            "-m",
-            "benchmarks.contenders",
-            *c.args,
-            "--url",
-            url,
-            "--path",
-            case.path,
-            "--mode",
-            case.mode,
-            "--part-size",
-            str(case.part_mib),
-            "--concurrency",
-            str(case.concurrency),
-        ]
+        name, *extra = c.args
+        argv = [PY, "-m", "benchmarks.contenders", name]
+        argv += ["--url", url, "--path", case.path, "--mode", case.mode]
+        if c.case_knobs and case.part_mib is not None:
+            argv += ["--part-size", str(case.part_mib)]
+        if c.case_knobs and case.concurrency is not None:
+            argv += ["--concurrency", str(case.concurrency)]
         if ca:
             argv += ["--ca", ca]
-        return argv
+        return [*argv, *extra]  # the contender's own options win
     tool = c.args[0]
     if tool == "curl":
         argv = ["curl", "-sS", "--fail", "-T", case.path, "-o", "/dev/null"]
@@ -220,6 +211,8 @@ def contender_argv(c: Contender, case: Case, url: str, ca: str | None) -> list[s
             argv.append("--no-sign-request")
         argv.append("cp")
         if "matched" in c.args:
+            if case.concurrency is None or case.part_mib is None:
+                raise ValueError(f"{c.name} needs a case with a part size and a concurrency")
             argv += ["-c", str(case.concurrency), "-p", str(case.part_mib)]
         src = f"{case.path}/*" if case.mode == "bulk" else case.path
         dst = "s3://bench/s5cmd/" if case.mode == "bulk" else "s3://bench/s5cmd.bin"
@@ -307,6 +300,9 @@ def run_one(
             s.error = f"no result line: {stdout[-200:]!r} {stderr[-200:]!r}"
             return s
         s.seconds, s.bytes = float(data["seconds"]), int(data["bytes"])
+        if case.wall:  # its own clock, kept for reference; the wall time counts
+            s.extra["own_seconds"] = s.seconds
+            s.seconds = s.wall
     else:
         s.seconds, s.bytes = s.wall, expected
     if s.seen_bytes < expected:
@@ -315,146 +311,6 @@ def run_one(
     s.gbps = s.bytes / s.seconds / 1e9 if s.seconds > 0 else 0.0
     s.ok = True
     return s
-
-
-# ------------------------------------------------------------------------------------------
-# the matrix
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def _engine(name: str, *extra: str) -> Contender:
-    return Contender(name, "py", ("engine", *extra), group="engine")
-
-
-def build_cases(data: dict[str, Path], quick: bool) -> list[Case]:
-    big, bulk, sparse = str(data["big"]), str(data["bulk"]), str(data["sparse"])
-    big_size = data["big"].stat().st_size
-    bulk_size = sum(p.stat().st_size for p in data["bulk"].iterdir())
-
-    eng_on = _engine("engine", "--verify", "on")
-    eng_off = _engine("engine (ETag check off)", "--verify", "off")
-    eng_s3 = _engine("engine via S3Target", "--target", "s3", "--verify", "on")
-    ceiling = Contender("sendfile ceiling", "py", ("sendfile",), group="ceiling", hashing=False)
-    req = Contender(
-        "requests, part by part (Matterport example)", "py", ("requests",), hashing=False
-    )
-    b3 = Contender("boto3 upload_file (defaults)", "py", ("boto3", "--variant", "default"))
-    b3t = Contender(
-        "boto3 tuned (matched, signing+checksums off)",
-        "py",
-        ("boto3", "--variant", "tuned"),
-        default_config=False,
-        hashing=False,
-    )
-    crt = Contender("AWS CRT (defaults)", "py", ("crt", "--variant", "default"))
-    crtn = Contender(
-        "AWS CRT (matched, checksums off)",
-        "py",
-        ("crt", "--variant", "nocheck"),
-        default_config=False,
-        hashing=False,
-    )
-    s5 = Contender("s5cmd (defaults)", "cmd", ("s5cmd",))
-    s5n = Contender(
-        "s5cmd (matched, unsigned)",
-        "cmd",
-        ("s5cmd", "matched", "nosign"),
-        default_config=False,
-        hashing=False,
-    )
-    curl = Contender("curl -T", "cmd", ("curl",), hashing=False)
-    eng_uv = _engine("engine (uvloop)", "--verify", "on", "--loop", "uvloop")
-
-    mp = (eng_on, eng_off, eng_s3, ceiling, req, b3, b3t, crt, crtn, s5, s5n)
-    cases = [
-        Case("mp-http", "2 GiB multipart, HTTP", "multipart", "http", big, 16, 8, mp),
-        Case(
-            "single-http",
-            "2 GiB single PUT, HTTP",
-            "single",
-            "http",
-            big,
-            16,
-            1,
-            (eng_on, eng_off, ceiling, curl, b3t),
-        ),
-        Case(
-            "bulk-http",
-            "200 x 8 MiB, HTTP",
-            "bulk",
-            "http",
-            bulk,
-            8,
-            8,
-            # uvloop is an extra (in `bench`): without it the engine runs on the stock loop only
-            (eng_on, *([eng_uv] if _has("uvloop") else []), eng_off, ceiling, b3t, crtn, s5, s5n),
-        ),
-        Case(
-            "faults-http",
-            "2 GiB multipart, 5% 503s, HTTP",
-            "multipart",
-            "http",
-            big,
-            16,
-            8,
-            (eng_on, eng_off, b3t, crt, s5),
-            faults=True,
-        ),
-        Case(
-            "mp-https",
-            "2 GiB multipart, HTTPS",
-            "multipart",
-            "https",
-            big,
-            16,
-            8,
-            (eng_on, eng_off, req, b3, b3t, crt, crtn, s5, s5n),
-        ),
-        Case(
-            "single-https",
-            "2 GiB single PUT, HTTPS",
-            "single",
-            "https",
-            big,
-            16,
-            1,
-            (eng_on, eng_off, curl),
-        ),
-    ]
-    for part in (8, 16, 64):
-        for conc in (4, 8, 16):
-            cases.append(
-                Case(
-                    f"sweep-p{part}-c{conc}",
-                    f"engine sweep: part {part} MiB, concurrency {conc}",
-                    "multipart",
-                    "http",
-                    big,
-                    part,
-                    conc,
-                    (eng_on,),
-                )
-            )
-    cases += cluster_cases(Contender, Case, big)  # benchmarks/cluster.py
-    if not quick:
-        cases.append(
-            Case(
-                "rss-20g",
-                "20 GiB (sparse) multipart, concurrency 16, HTTP",
-                "multipart",
-                "http",
-                sparse,
-                64,
-                16,
-                (eng_on,),
-                reps=1,
-            )
-        )
-    sizes = {big: big_size, bulk: bulk_size, sparse: 20 * GiB}
-    return [Case(**{**asdict(c), "contenders": c.contenders, "size": sizes[c.path]}) for c in cases]
 
 
 def _select(cases: list[Case], case_filter: str | None, cont_filter: str | None) -> list[Case]:
@@ -472,7 +328,7 @@ def _select(cases: list[Case], case_filter: str | None, cont_filter: str | None)
             )
         )
         if conts:
-            out.append(Case(**{**asdict(c), "contenders": conts}))
+            out.append(replace(c, contenders=conts))
     return out
 
 
@@ -493,6 +349,8 @@ def summarize(samples: Sequence[Sample], cases: Sequence[Case]) -> list[dict[str
                     "hashing": c.hashing,
                     "part_mib": case.part_mib,
                     "concurrency": case.concurrency,
+                    "link_gbps": case.link_gbps,
+                    "wall": case.wall,
                     "runs": len(mine),
                     "failures": len(mine) - len(ok),
                     "error": next((s.error for s in mine if not s.ok), ""),
@@ -563,11 +421,22 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.endpoint import make_cert
 
     cert, key = make_cert(tmp)
-    eps = {
-        ("http", False): Endpoint(tls=False, cert=None, key=None, fail_rate=0.0),
-        ("https", False): Endpoint(tls=True, cert=cert, key=key, fail_rate=0.0),
-        ("http", True): Endpoint(tls=False, cert=None, key=None, fail_rate=0.05),
-    }
+    eps: dict[tuple[str, bool, Shape | None], Endpoint] = {}
+
+    def endpoint(case: Case) -> Endpoint:
+        """The case's endpoint, started on first use: one per scheme, fault rate and shape."""
+        k = (case.scheme, case.faults, case.shape)
+        if k not in eps:
+            tls = case.scheme == "https"
+            eps[k] = Endpoint(
+                tls=tls,
+                cert=cert if tls else None,
+                key=key if tls else None,
+                fail_rate=0.05 if case.faults else 0.0,
+                shape=case.shape,
+            )
+        return eps[k]
+
     env = dict(os.environ)
     env.update(
         AWS_ACCESS_KEY_ID="AKIABENCHMARK0000000",
@@ -586,9 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         for case in cases:
-            ep = eps[(case.scheme, case.faults)]
+            ep = endpoint(case)
             ca = str(cert) if case.scheme == "https" else None
-            n = case.reps or reps
+            n = min(case.reps, reps) if case.reps else reps  # a case's reps is a cap
             for rep in range(n):
                 for who in case.contenders:
                     s = run_one(who, case, ep, ca, env, args.timeout)
@@ -627,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         try:
             plot(result, args.out / "latest.png")
-            cluster_plot(result, args.out / "cluster.png")
+            for draw, name in PLOTS:
+                draw(result, args.out / name)
         except ImportError:
             print("matplotlib is not installed: no plot (pip install '.[bench]')")
     return 0 if all(s.ok for s in samples) else 1

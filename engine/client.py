@@ -25,6 +25,7 @@ from engine.config import UploadConfig
 from engine.errors import ConfigError, UploadError
 from engine.events import Event, EventHook
 from engine.journal import Journal
+from engine.loops import DataLoops, data_session, loop_count
 from engine.models import FileInfo, UploadResult
 from engine.target import OnChange, Services, Target
 from engine.transfer import Engine, PartSender
@@ -80,6 +81,13 @@ class Uploader:
     sender:    who moves the parts' bytes instead of this process (``engine.cluster.
                ClusterSender``: the workers of a Dask cluster); every other step stays here.
 
+    HTTPS PUTs run on ``config.data_loops`` event loops in threads of their own
+    (``engine.loops``: TLS and hashing on several cores), started by the first such PUT;
+    everything else stays on the caller's loop. There are none, and every PUT runs on the
+    caller's loop, with ``data_loops=1``, with a caller's ``session`` (its pool is bound to the
+    caller's loop), with a ``sender``, and with ``config.bwlimit`` (the cap is kept per loop).
+    On the data loops the ``trace_configs``' callbacks run in those threads.
+
     Platform entry points (``Matterport.import_files``, ``Speckle.upload``) take the open
     ``Uploader`` and use only its ``services``.
     """
@@ -109,13 +117,14 @@ class Uploader:
         self._trace_configs = list(trace_configs)
         self._sender = sender
         self._owned: list[aiohttp.ClientSession] = []
+        self._loops: DataLoops | None = None  # owned too; kept once closed (its counters)
         self._https = False  # an owned pool spoke TLS (see _TLS_CLOSE_GRACE)
         self._engine: Engine | None = None
         self._journal: Journal | None = None
 
     def __repr__(self) -> str:
         state = "open" if self._engine else "closed"
-        return f"<Uploader {state} concurrency={self.config.concurrency}>"
+        return f"<Uploader {state} budget={self.config.budget}>"
 
     async def __aenter__(self) -> Self:
         cfg = self.config
@@ -126,19 +135,15 @@ class Uploader:
             else:
                 ssl_ctx = tls_context(cfg)
                 traces = [*self._trace_configs, self._https_seen()]
-                timeout = aiohttp.ClientTimeout(
-                    total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.stall_timeout
-                )
-                data = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(
-                        limit=cfg.concurrency, limit_per_host=0, ssl=ssl_ctx
-                    ),
-                    timeout=timeout,
-                    auto_decompress=False,
-                    skip_auto_headers=("User-Agent",),
+                data = data_session(
+                    limit=cfg.budget,
+                    tls=ssl_ctx,
+                    connect_timeout=cfg.connect_timeout,
+                    stall_timeout=cfg.stall_timeout,
                     trace_configs=traces,
                 )
                 self._owned.append(data)
+                self._loops = self._data_loops(ssl_ctx)
                 control = aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=8, ssl=ssl_ctx),
                     timeout=aiohttp.ClientTimeout(
@@ -168,6 +173,7 @@ class Uploader:
             on_change=self._on_change,
             force=self._force,
             sender=self._sender,
+            loops=self._loops,
         )
         return self
 
@@ -194,9 +200,28 @@ class Uploader:
         trace.on_request_start.append(started)
         return trace
 
+    def _data_loops(self, tls: ssl.SSLContext | bool) -> DataLoops | None:
+        """The loops that will move HTTPS bytes, if this uploader is to have any."""
+        cfg = self.config
+        count = loop_count(cfg)
+        if count < 2 or self._sender is not None or cfg.bwlimit is not None:
+            return None
+        return DataLoops(
+            count,
+            connections=cfg.budget,
+            tls=tls,
+            connect_timeout=cfg.connect_timeout,
+            stall_timeout=cfg.stall_timeout,
+            close_grace=_TLS_CLOSE_GRACE,
+            trace_configs=self._trace_configs,
+        )
+
     async def _close_owned(self) -> None:
-        for s in self._owned:
-            await s.close()
+        async with anyio.create_task_group() as tg:
+            if self._loops is not None:  # on their own threads, while the pools below close
+                tg.start_soon(self._loops.aclose)
+            for s in self._owned:
+                await s.close()
         self._owned.clear()
         if self._https:
             self._https = False
@@ -211,6 +236,13 @@ class Uploader:
     def services(self) -> Services:
         """What providers may use (``engine.target.Services``) while the uploader is open."""
         return self._running()
+
+    @property
+    def connections(self) -> tuple[int, int]:
+        """(PUTs in flight now, PUTs the window allows now) across every file; the window
+        adapts unless ``config.concurrency`` fixed it."""
+        window = self._running().window
+        return window.in_flight, window.size
 
     @property
     def stopping(self) -> bool:

@@ -1,8 +1,9 @@
 """Frozen, validated configuration of one engine instance.
 
 Units are bytes and seconds throughout. Peak memory of the data path is bounded by
-``concurrency * chunk_size * 2`` (one chunk being read while the previous one sits in the
-socket's write buffer), independent of part size and file size.
+``budget * effective_chunk * 2`` (one chunk being read while the previous one sits in the
+socket's write buffer), independent of part size and file size: the chunk shrinks as the
+number of PUTs in flight grows, so that the bound stays within ``memory_budget``.
 """
 
 from __future__ import annotations
@@ -16,18 +17,30 @@ __all__ = ["GiB", "KiB", "MiB", "UploadConfig"]
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+_MIN_CHUNK = 64 * KiB
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class UploadConfig:
     """How the engine moves bytes. Change per call with ``dataclasses.replace``.
 
-    concurrency:     PUTs in flight across every file of one ``Uploader`` (also the size of
-                     its connection pool for data).
-    part_size:       preferred part size in bytes; grows when a file would need more parts
-                     than the target allows, and is clamped to the target's limits.
-    chunk_size:      bytes read, hashed and written per step of a PUT body (about 1 MiB keeps
-                     aiohttp from copying large first chunks and keeps memory low).
+    concurrency:     ``None`` (the default): adaptive; the engine starts with a few PUTs in
+                     flight and adds more while the measured goodput still grows, backs off
+                     on throttling and resets, never above ``max_concurrency``. An ``int``:
+                     exactly that many PUTs in flight across every file of one ``Uploader``.
+    max_concurrency: the adaptive engine's ceiling (``--max-concurrency``).
+    part_size:       the largest part size wanted, in bytes: parts shrink (never below the
+                     target's minimum) so that a file has enough parts to fill ``budget``
+                     connections, grow when a file would need more parts than the target
+                     allows, and are clamped to the target's limits.
+    chunk_size:      the most bytes read, hashed and written per step of a PUT body (about
+                     1 MiB keeps aiohttp from copying large first chunks); ``effective_chunk``
+                     is smaller when ``memory_budget`` asks for it.
+    memory_budget:   bytes of file data the data path may hold at once, over every PUT in
+                     flight (see ``effective_chunk``).
+    data_loops:      event loops that move HTTPS bytes (TLS and hashing on several cores):
+                     ``None``: one per core, at most 4; ``1``: all on the caller's loop. Plain
+                     HTTP always stays on the caller's loop (``sendfile(2)`` needs no more).
     max_attempts:    attempts per part (first try included) before the file fails.
     backoff_base:    first retry waits up to this many seconds (full jitter) ...
     backoff_cap:     ... doubling per attempt up to this cap.
@@ -43,9 +56,12 @@ class UploadConfig:
                      (``--bwlimit``; each cluster worker is capped on its own); ``None``: no cap.
     """
 
-    concurrency: int = 8
+    concurrency: int | None = None
+    max_concurrency: int = 64
     part_size: int = 64 * MiB
     chunk_size: int = 1 * MiB
+    memory_budget: int = 48 * MiB
+    data_loops: int | None = None
     max_attempts: int = 8
     backoff_base: float = 0.25
     backoff_cap: float = 20.0
@@ -57,8 +73,16 @@ class UploadConfig:
     bwlimit: float | None = None
 
     def __post_init__(self) -> None:
-        if not 1 <= self.concurrency <= 1024:
+        if self.concurrency is not None and not 1 <= self.concurrency <= 1024:
             raise ConfigError(f"concurrency must be between 1 and 1024, got {self.concurrency}")
+        if not 1 <= self.max_concurrency <= 1024:
+            raise ConfigError(
+                f"max_concurrency must be between 1 and 1024, got {self.max_concurrency}"
+            )
+        if self.data_loops is not None and not 1 <= self.data_loops <= 64:
+            raise ConfigError(f"data_loops must be between 1 and 64, got {self.data_loops}")
+        if self.memory_budget < 4 * MiB:
+            raise ConfigError(f"memory_budget must be at least 4 MiB, got {self.memory_budget}")
         if self.part_size < 1:
             raise ConfigError(f"part_size must be positive, got {self.part_size}")
         if not 4 * KiB <= self.chunk_size <= 64 * MiB:
@@ -75,6 +99,23 @@ class UploadConfig:
             raise ConfigError(f"bwlimit must be a positive rate in bytes/s, got {self.bwlimit}")
 
     @property
+    def adaptive(self) -> bool:
+        """True when the engine chooses how many PUTs are in flight (``concurrency is None``)."""
+        return self.concurrency is None
+
+    @property
+    def budget(self) -> int:
+        """The most PUTs ever in flight: ``concurrency``, or ``max_concurrency`` when adaptive."""
+        return self.max_concurrency if self.concurrency is None else self.concurrency
+
+    @property
+    def effective_chunk(self) -> int:
+        """The chunk each PUT reads at a time: ``chunk_size``, shrunk (to a multiple of 64 KiB,
+        not below it) so that ``budget`` PUTs hold at most ``memory_budget`` bytes."""
+        share = self.memory_budget // (2 * self.budget)
+        return max(_MIN_CHUNK, min(self.chunk_size, share // _MIN_CHUNK * _MIN_CHUNK))
+
+    @property
     def memory_ceiling(self) -> int:
         """Upper bound in bytes of file data the data path holds at once."""
-        return self.concurrency * self.chunk_size * 2
+        return self.budget * self.effective_chunk * 2

@@ -16,8 +16,10 @@ from engine.models import UploadResult
 
 __all__ = [
     "BytesSent",
+    "Concurrency",
     "Event",
     "EventHook",
+    "FileEvent",
     "FileFailed",
     "FileFinished",
     "FileStarted",
@@ -84,7 +86,18 @@ class FileFailed:
     error: BaseException
 
 
-Event = FileStarted | BytesSent | PartDone | PartRetry | Phase | FileFinished | FileFailed
+@dataclass(frozen=True, slots=True)
+class Concurrency:
+    """The adaptive window changed: ``size`` PUTs may now be in flight across every file."""
+
+    size: int
+    in_flight: int  # PUTs in flight at the change (they finish when the window shrinks)
+    why: str  # "goodput 412 MB/s", "pushed back: HTTP 503 SlowDown", ...
+
+
+#: the events about one file (each has its ``path``)
+FileEvent = FileStarted | BytesSent | PartDone | PartRetry | Phase | FileFinished | FileFailed
+Event = FileEvent | Concurrency
 EventHook = Callable[[Event], None]
 
 

@@ -5,7 +5,9 @@ Invariants of every plan returned by ``plan_parts``:
 - ranges are contiguous and cover ``[0, size)`` exactly (a zero-byte file is one empty part);
 - every part is at most ``limits.max_size``; every part but the last is at least
   ``limits.min_size``; all parts but the last have the same size;
-- there are at most ``limits.max_parts`` parts; a ``single`` target gets exactly one.
+- there are at most ``limits.max_parts`` parts; a ``single`` target gets exactly one;
+- with ``fill=n`` a file has at least ``n`` parts where the part size may shrink that far
+  (never below ``limits.min_size``, in whole MiB): enough parts to keep ``n`` connections busy.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def choose_part_size(size: int, preferred: int, limits: PartLimits = S3_LIMITS) -> int:
-    """The part size for a file of ``size`` bytes: ``preferred`` clamped to the limits,
+def choose_part_size(
+    size: int, preferred: int, limits: PartLimits = S3_LIMITS, *, fill: int = 1
+) -> int:
+    """The part size for a file of ``size`` bytes: ``preferred``, shrunk (to a whole MiB, not
+    below ``limits.min_size``) until the file has ``fill`` parts, clamped to the limits, and
     grown (to a whole MiB where the limits allow) when the file would need too many parts."""
     if limits.min_size < 0 or limits.max_size < 1 or limits.min_size > limits.max_size:
         raise ConfigError(f"invalid part limits: min {limits.min_size}, max {limits.max_size}")
@@ -35,6 +40,8 @@ def choose_part_size(size: int, preferred: int, limits: PartLimits = S3_LIMITS) 
             f"{size} bytes need more than {limits.max_parts} parts of at most "
             f"{limits.max_size} bytes; the target cannot hold this file"
         )
+    if fill > 1 and size > 0:
+        preferred = min(preferred, _ceil_div(_ceil_div(size, fill), _MiB) * _MiB)
     part = min(max(preferred, limits.min_size, 1), limits.max_size)
     if size > 0 and _ceil_div(size, part) > limits.max_parts:
         needed = _ceil_div(size, limits.max_parts)
@@ -43,7 +50,9 @@ def choose_part_size(size: int, preferred: int, limits: PartLimits = S3_LIMITS) 
     return part
 
 
-def plan_parts(size: int, *, part_size: int, limits: PartLimits = S3_LIMITS) -> list[PartSpec]:
+def plan_parts(
+    size: int, *, part_size: int, limits: PartLimits = S3_LIMITS, fill: int = 1
+) -> list[PartSpec]:
     """Split ``size`` bytes into parts (see the module invariants)."""
     if size < 0:
         raise ConfigError(f"file size must be >= 0, got {size}")
@@ -53,6 +62,6 @@ def plan_parts(size: int, *, part_size: int, limits: PartLimits = S3_LIMITS) -> 
                 f"{size} bytes exceed the {limits.max_size}-byte limit of a single upload"
             )
         return [PartSpec(1, 0, size)]
-    part = choose_part_size(size, part_size, limits)
+    part = choose_part_size(size, part_size, limits, fill=fill)
     count = _ceil_div(size, part)
     return [PartSpec(i + 1, i * part, min(part, size - i * part)) for i in range(count)]

@@ -1,10 +1,19 @@
 """The scheduler: every part of every file in flight shares one limiter and one pool.
 
 Rules:
-- at most ``config.concurrency`` PUTs are in flight across all files (one ``CapacityLimiter``;
-  the data connection pool has the same size, so connections never exceed it);
-- each file runs at most ``concurrency`` workers that pull its parts in order, so a huge file
-  queues ``concurrency`` waiters, not 10,000, and small files are not starved behind it;
+- at most ``window.size`` PUTs are in flight across all files (one limiter, ``engine.window``):
+  a fixed ``config.concurrency``, or by default a window that adapts to the path (grows while
+  goodput grows, halves on throttling and resets, never above ``config.max_concurrency``);
+  the data connection pool is ``config.budget`` big, so connections never exceed it;
+- the control plane never holds a data slot: a part's URL is asked for (``part_request``)
+  before its PUT takes a slot, by workers that run ahead of the window (at most twice its
+  size, ``_Ahead``), so PUT slots never wait on GraphQL, nor on its retries; a URL that waited
+  longer than ``URL_MAX_AGE`` for its slot is asked for again;
+- each file runs workers that pull its parts in order (twice the window's ceiling at most),
+  so a huge file queues that many waiters, not 10,000, and small files are not starved;
+- a file's parts are planned to fill the window's ceiling (``plan_parts(fill=...)``, never
+  below the target's minimum part size); the part size is journaled (``PartsPlanned``) and a
+  rerun plans the same ranges, or sends every part again when the limits no longer allow it;
 - a part is retried on transient failures with full-jitter backoff (or ``Retry-After``), waiting
   *outside* the limiter; an expired URL is refreshed from the target; fatal answers fail the file
   (``engine.retry.decide`` says which);
@@ -27,11 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import random
-import ssl
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import aiohttp
 import anyio
@@ -47,6 +54,7 @@ from engine.errors import (
 )
 from engine.events import (
     BytesSent,
+    Concurrency,
     Event,
     EventHook,
     FileFailed,
@@ -56,44 +64,32 @@ from engine.events import (
     PartRetry,
     Phase,
 )
-from engine.journal import FileJournal, Journal, JournalKey, UploadVoided
-from engine.models import FileInfo, PartRequest, PartResult, PartSpec, Skipped, UploadResult
+from engine.journal import FileJournal, Journal, JournalKey, PartsPlanned, UploadVoided
+from engine.models import (
+    FileInfo,
+    PartLimits,
+    PartRequest,
+    PartResult,
+    PartSpec,
+    Skipped,
+    UploadResult,
+)
 from engine.plan import plan_parts
 from engine.retry import RetryPolicy, decide, integrity_of
+from engine.senders import DataLoops, PartPut, PartSender
 from engine.source import FileSource
 from engine.target import OnChange, Target, TargetContext
 from engine.transport import AttemptFailed, PutOutcome, Throttle, put_range
+from engine.window import Window
 
-__all__ = ["FINISHED_AT", "Engine", "PartPut", "PartSender"]
+__all__ = ["FINISHED_AT", "DataLoops", "Engine", "PartPut", "PartSender"]  # see engine.senders
 
 #: the key of a ``done`` record that holds when the file finished (ISO 8601, UTC)
 FINISHED_AT = "finished_at"
 #: seconds an abandoned upload's clean-up may take (an abort the storage does not answer)
 ABANDON_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class PartPut:
-    """One PUT the engine wants made: ``part`` of ``info``'s file, as ``request`` says.
-    ``md5``: hash the bytes sent; ``tls``: the target's own TLS context, if it has one."""
-
-    info: FileInfo
-    part: PartSpec
-    request: PartRequest
-    md5: bool
-    tls: ssl.SSLContext | None = None
-
-
-class PartSender(Protocol):
-    """Moves parts' bytes for the engine from elsewhere (``engine.cluster``). It only sends:
-    the engine keeps the limiter (``slots`` PUTs at once), retries, ETag checks and the journal.
-    ``send`` returns what ``put_range`` returns or raises ``AttemptFailed``; it may be asked for
-    the same part again, and reports bytes through ``on_progress`` as ``put_range`` does."""
-
-    @property
-    def slots(self) -> int: ...
-
-    async def send(self, put: PartPut, on_progress: Callable[[int], None]) -> PutOutcome: ...
+#: seconds a part URL may wait for its PUT slot before it is asked for again
+URL_MAX_AGE = 300.0
 
 
 @dataclass(slots=True)
@@ -123,6 +119,7 @@ class Engine:
         on_change: OnChange = "restart",
         force: bool = False,
         sender: PartSender | None = None,
+        loops: DataLoops | None = None,
     ) -> None:
         self._config = config
         self._retry = RetryPolicy.of(config)
@@ -133,17 +130,32 @@ class Engine:
         self._clock = clock or SystemClock(random.Random())
         self._on_change: OnChange = on_change
         self._sender = sender
+        self._loops = loops
         self._throttle = Throttle(config.bwlimit) if config.bwlimit else None
-        self._limiter = anyio.CapacityLimiter(sender.slots if sender else config.concurrency)
+        self._window = Window(
+            fixed=sender.slots if sender else config.concurrency,
+            ceiling=config.budget,
+            now=self._clock.monotonic,
+            on_change=self._resized,
+        )
+        self._limiter = self._window.limiter
+        # part URLs asked for ahead of their PUT slots: twice the window (see _resized)
+        self._ahead = anyio.CapacityLimiter(2 * self._window.size)
         self._stopping = False
         self._stopped = anyio.Event()
         self._force = force
 
     def __repr__(self) -> str:
-        return (
-            f"<Engine concurrency={self._config.concurrency} "
-            f"in_flight={self._limiter.borrowed_tokens} stopping={self._stopping}>"
-        )
+        return f"<Engine {self._window!r} stopping={self._stopping}>"
+
+    def _resized(self, size: int, why: str) -> None:
+        self._ahead.total_tokens = 2 * size
+        self._emit(Concurrency(size, self._window.in_flight, why))
+
+    @property
+    def window(self) -> Window:
+        """The PUTs in flight and how many may be (``engine.window``)."""
+        return self._window
 
     # ---- Services --------------------------------------------------------------------------------
 
@@ -244,10 +256,11 @@ class Engine:
             if skipped is not None:
                 return skipped
         limits = await target.prepare(ctx)
-        plan = plan_parts(info.size, part_size=self._config.part_size, limits=limits)
+        plan, replanned = self._plan(info, fj, limits)
         with FileSource(info) as source:
             run = _FileRun(info, ctx, source, hashing=self._config.verify_etag)
-            run.results.update(await target.stored_parts(plan, ctx))
+            if not replanned:
+                run.results.update(await target.stored_parts(plan, ctx))
             todo = [p for p in plan if p.number not in run.results]
             self._emit(
                 FileStarted(
@@ -269,6 +282,21 @@ class Engine:
         )
         self._emit(FileFinished(info.path, result))
         return result
+
+    def _plan(
+        self, info: FileInfo, fj: FileJournal, limits: PartLimits
+    ) -> tuple[list[PartSpec], bool]:
+        """The file's parts, and whether they differ from the journaled plan's (its stored
+        parts then cover other ranges: none of them counts)."""
+        known = fj.state.get(PartsPlanned)
+        if known is not None:
+            plan = plan_parts(info.size, part_size=max(1, known.part_size), limits=limits)
+            if plan[0].size == known.part_size:
+                return plan, False
+        fill = self._window.ceiling
+        plan = plan_parts(info.size, part_size=self._config.part_size, limits=limits, fill=fill)
+        fj.record(PartsPlanned(plan[0].size))
+        return plan, known is not None
 
     async def _already_uploaded(
         self, info: FileInfo, target: Target, ctx: TargetContext, force: bool
@@ -309,7 +337,8 @@ class Engine:
                     return
 
         async with anyio.create_task_group() as tg:
-            for _ in range(min(int(self._limiter.total_tokens), len(queue))):
+            # twice the ceiling: half of them ask for their URLs while the others send
+            for _ in range(min(2 * self._window.ceiling, len(queue))):
                 tg.start_soon(worker, tg.cancel_scope)
         if failures:
             raise failures[0]
@@ -318,45 +347,87 @@ class Engine:
                 f"{run.info.path}: stopped with {len(queue)} of {len(todo)} parts left to send"
             )
 
+    async def _slot(
+        self, run: _FileRun, target: Target, part: PartSpec, refresh: bool
+    ) -> tuple[PartRequest, contextlib.AsyncExitStack]:
+        """The part's URL, then a PUT slot (held by the returned stack): the URL is asked for
+        first, outside the slot; one that waited too long for its slot is asked for again."""
+        while True:
+            request = await target.part_request(part, run.ctx, refresh=refresh)
+            asked = self._clock.monotonic()
+            stack = contextlib.AsyncExitStack()
+            await stack.enter_async_context(self._limiter)
+            if self._clock.monotonic() - asked < URL_MAX_AGE:
+                return request, stack
+            await stack.aclose()
+            refresh = True
+
     async def _attempt(
         self, run: _FileRun, target: Target, part: PartSpec, refresh: bool, sent: list[int]
     ) -> PartResult | AttemptFailed:
-        """One PUT of ``part`` inside the limiter: the stored part, or why it failed
-        (``sent[0]``: the bytes of this attempt counted as sent)."""
-        cfg = self._config
+        """One PUT of ``part``: the stored part, or why it failed (``sent[0]``: the bytes of
+        this attempt counted as sent). It holds a look-ahead ticket while its URL is asked
+        for and a PUT slot only while it sends."""
 
         def progress(n: int) -> None:
             sent[0] += n
             run.bytes_sent += n
+            self._window.sent(n)
             self._emit(BytesSent(run.info.path, part.number, n))
 
-        async with self._limiter:
-            request = await target.part_request(part, run.ctx, refresh=refresh)
-            try:
-                if self._sender is not None:
-                    put = PartPut(run.info, part, request, run.hashing, target.tls(run.ctx))
-                    outcome = await self._sender.send(put, progress)
-                else:
-                    outcome = await put_range(
-                        self._data,
-                        request,
-                        run.source.fd,
-                        part,
-                        chunk_size=cfg.chunk_size,
-                        stall_timeout=cfg.stall_timeout,
-                        on_progress=progress,
-                        md5=run.hashing,
-                        tls=target.tls(run.ctx),
-                        throttle=self._throttle,
-                    )
-            except AttemptFailed as failed:
-                return failed
+        async with self._ahead:
+            request, slot = await self._slot(run, target, part, refresh)
+            async with slot:
+                try:
+                    outcome = await self._put(run, target, part, request, progress)
+                except AttemptFailed as failed:
+                    self._window.pushed_back(failed.verdict)
+                    return failed
         found = integrity_of(outcome.etag, outcome.headers)
         if found.check == "none":
             self._unverifiable(run, found.why)
         elif (bad := found.mismatch(outcome.md5)) is not None:
             return AttemptFailed(bad)
         return PartResult(part.number, outcome.etag, part.size)
+
+    async def _put(
+        self,
+        run: _FileRun,
+        target: Target,
+        part: PartSpec,
+        request: PartRequest,
+        progress: Callable[[int], None],
+    ) -> PutOutcome:
+        """Send the part's bytes: through the sender, a data loop, or this loop."""
+        cfg = self._config
+        tls = target.tls(run.ctx)
+        if self._sender is not None:
+            return await self._sender.send(
+                PartPut(run.info, part, request, run.hashing, tls), progress
+            )
+        if self._loops is not None and self._loops.takes(request):
+            return await self._loops.put(
+                request,
+                run.source.fd,
+                part,
+                chunk_size=cfg.effective_chunk,
+                stall_timeout=cfg.stall_timeout,
+                on_progress=progress,
+                md5=run.hashing,
+                tls=tls,
+            )
+        return await put_range(
+            self._data,
+            request,
+            run.source.fd,
+            part,
+            chunk_size=cfg.effective_chunk,
+            stall_timeout=cfg.stall_timeout,
+            on_progress=progress,
+            md5=run.hashing,
+            tls=tls,
+            throttle=self._throttle,
+        )
 
     def _unverifiable(self, run: _FileRun, why: str) -> None:
         """The store's answers cannot be checked: say so once, and stop hashing the file."""

@@ -5,11 +5,17 @@ Errors are one line on stderr, never a traceback (``UPLOAD_ENGINE_DEBUG=1`` re-r
 Credentials never come from arguments (``engine.cli.credentials``); other defaults come from
 flags, the environment and the config file (``engine.cli.settings``). With ``--json`` the last
 line on stdout is always one ``Result`` record (``engine.cli.output``), whatever happened.
+
+A command's module is imported, and its parser built, only when that command runs or shows its
+help (``DeferredParser``): ``upload-engine --help`` loads none of them, ``upload`` loads neither
+``import`` nor the sandbox, and no parser loads the HTTP client, which its runner imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import os
 import sys
 import time
@@ -17,7 +23,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from engine import __version__
-from engine.cli import completion, config_cmd, demo, import_, sandbox, upload
 from engine.cli.output import (
     EXIT_AUTH,
     EXIT_FAILED,
@@ -34,9 +39,55 @@ from engine.cli.verbosity import add_global_options, level_of
 from engine.errors import UploadError
 from engine.redact import redact
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMMANDS", "DeferredParser", "build_parser", "main"]
 
 Runner = Callable[[argparse.Namespace], Awaitable[Outcome]]
+
+#: every command: its module in ``engine.cli`` (whose ``register`` adds its arguments and its
+#: runner) and the line ``--help`` lists it with
+COMMANDS = {
+    "upload": ("upload", "upload files to one destination"),
+    "import": ("import_", "upload every scan under a directory (resumable)"),
+    "demo": ("demo", "upload a generated E57 scan into the in-process sandbox"),
+    "sandbox": ("sandbox", "the local sandbox of both platforms and blob storage"),
+    "config": ("config_cmd", "show the effective configuration"),
+    "completion": ("completion", "print a shell completion script (bash, zsh, fish)"),
+}
+
+
+class DeferredParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose arguments ``setup`` adds on first use (parsing, help or
+    usage), not when the whole command line is built. (Without ``setup``, a plain parser: the
+    class of the subparsers below a deferred one, unless they say otherwise.)"""
+
+    def __init__(
+        self,
+        *args: Any,
+        setup: Callable[[argparse.ArgumentParser], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._setup: Callable[[argparse.ArgumentParser], None] | None = setup
+
+    def ready(self) -> None:
+        """Add the arguments now (once; ``completion`` walks every parser)."""
+        setup, self._setup = self._setup, None
+        if setup is not None:
+            setup(self)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        self.ready()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.ready()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.ready()
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,13 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-V", "--version", action="version", version=f"upload-engine {__version__}")
     add_global_options(parser, sub=False)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (upload, import_, demo, sandbox, config_cmd, completion):
-        command.register(sub)
-    for name, command_parser in sub.choices.items():
-        if name != "completion":
-            _add_everywhere(command_parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=DeferredParser
+    )
+    for name, (module, line) in COMMANDS.items():
+        sub.add_parser(name, help=line, setup=functools.partial(_command, name, module))
     return parser
+
+
+def _command(name: str, module: str, parser: argparse.ArgumentParser) -> None:
+    """The arguments of command ``name``, from its module (imported now, on first use)."""
+    importlib.import_module(f"engine.cli.{module}").register(parser)
+    if name != "completion":
+        _add_everywhere(parser)
 
 
 def _add_everywhere(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.cli.app import DeferredParser
 from engine.cli.output import Outcome
 
 __all__ = ["Command", "commands", "register", "render"]
@@ -78,8 +79,8 @@ def commands(parser: argparse.ArgumentParser) -> list[Command]:
     out: list[Command] = []
 
     def walk(p: argparse.ArgumentParser, path: list[str], help_text: str) -> None:
-        if hasattr(p, "_ready"):  # ``sandbox serve`` adds its options on first use
-            p._ready()
+        if isinstance(p, DeferredParser):  # a command adds its options on first use
+            p.ready()
         files = any(not a.option_strings and a.nargs in ("+", "*", None) for a in p._actions)
         files = files and not any(isinstance(a, argparse._SubParsersAction) for a in p._actions)
         out.append(Command(path, help_text, _options(p), files))
@@ -90,8 +91,8 @@ def commands(parser: argparse.ArgumentParser) -> list[Command]:
     return out
 
 
-def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
-    p = sub.add_parser("completion", help="print a shell completion script (bash, zsh, fish)")
+def register(p: argparse.ArgumentParser) -> None:
+    """The argument of ``completion`` (its name and line in ``--help``: ``app.COMMANDS``)."""
     p.add_argument("shell", choices=SHELLS)
     p.set_defaults(runner=run_completion)
 

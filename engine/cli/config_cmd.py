@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
 
 from engine.cli.credentials import CREDENTIAL_KEYS, credentials_env, credentials_path
 from engine.cli.options import state_dir_default
@@ -23,11 +22,12 @@ DEFAULTS = {  # what "default" means where the engine leaves a setting to the pl
     "s3_region": "the AWS profile's, else us-east-1",
     "s3_endpoint_url": "AWS",
     "s3_profile": "$AWS_PROFILE, else the AWS default",
+    "concurrency": "adaptive, up to max_concurrency",
 }
 
 
-def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
-    cfg = sub.add_parser("config", help="show the effective configuration")
+def register(cfg: argparse.ArgumentParser) -> None:
+    """The ``config`` actions (its name and line in ``--help``: ``app.COMMANDS``)."""
     actions = cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     show = actions.add_parser(
         "show",

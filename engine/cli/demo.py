@@ -8,13 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
-
-from engine.cli.destinations import sandbox, sandbox_matterport
 from engine.cli.options import add_engine_options, engine_config, view_mode, view_options
 from engine.cli.output import Outcome, md5_of, plural, rate, remote_fields
 from engine.cli.progress import ProgressView, progress_for
-from engine.client import Uploader
 from engine.config import MiB
 from engine.models import FileInfo
 from engine.units import human_bytes, human_rate
@@ -22,8 +18,8 @@ from engine.units import human_bytes, human_rate
 __all__ = ["register", "run_demo"]
 
 
-def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
-    demo = sub.add_parser("demo", help="upload a generated E57 scan into the in-process sandbox")
+def register(demo: argparse.ArgumentParser) -> None:
+    """The arguments of ``demo`` (its name and line in ``--help``: ``app.COMMANDS``)."""
     demo.add_argument("--size", type=int, default=256, help="MiB of the sample scan (default 256)")
     demo.add_argument(
         "--dir",
@@ -37,6 +33,8 @@ def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
 
 
 async def run_demo(args: argparse.Namespace) -> Outcome:
+    from engine.cli.destinations import sandbox, sandbox_matterport
+    from engine.client import Uploader
     from engine.sandbox.matterport import MatterportPlane
 
     say = ProgressView("log", total_files=0, total_bytes=0, level=args.level)
@@ -48,6 +46,7 @@ async def run_demo(args: argparse.Namespace) -> Outcome:
         async with sandbox(args.dir / "sandbox", args.faults) as sb:
             started = time.monotonic()
             async with Uploader(engine_config(args), on_event=view) as up:
+                view.watch(lambda: up.connections)
                 matterport, org = sandbox_matterport(sb)
                 result = await matterport.import_files(
                     up, [sample], organization=org, name="upload-engine demo"
@@ -73,6 +72,8 @@ async def run_demo(args: argparse.Namespace) -> Outcome:
 
 async def _sample(base: Path, size: int, say: ProgressView) -> tuple[Path, str]:
     """The sample scan under ``base`` (written unless one of ``size`` is there) and its MD5."""
+    import anyio
+
     from engine.sandbox.e57 import write_sample_e57
 
     await anyio.Path(base).mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def _lines(
         f"bytes stored: {args.dir / 'sandbox'} (the sandbox's data directory)",
         f"throughput:   {human_bytes(size)} in {seconds:.2f} s = "
         f"{human_rate(record['throughput'])} ({plural(parts, 'part')}, "
-        f"concurrency {args.concurrency}, "
+        f"concurrency {args.concurrency or 'adaptive'}, "
         f"{plural(record['retries'], 'retry', 'retries')} survived)",
         f"MD5 checked:  sandbox {stored_md5} {'==' if ok else '!='} source {md5}"
         + ("  OK" if ok else "  MISMATCH"),

@@ -3,7 +3,8 @@ with credentials from ``credentials``, or of the in-process sandbox), an S3 loca
 in-process sandbox itself.
 
 The sandbox (and with it graphql-core and crc32c) is imported only inside the functions here
-that start or talk to one, so an upload to a real platform or S3 never imports it.
+that start or talk to one, so an upload to a real platform or S3 never imports it; so are the
+Matterport and Speckle clients, which an upload to S3 does not need.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from engine.cli.credentials import read_credentials
 from engine.cli.options import Kind, destination_kind, split_s3
 from engine.errors import ConfigError, RemoteError
 from engine.models import FileInfo, PartLimits, PartResult
-from engine.providers.matterport import Matterport, MatterportCredentials
 from engine.providers.s3 import NO_BOTOCORE, S3Clients, S3Target, translate
-from engine.providers.speckle import Speckle, SpeckleCredentials
 from engine.target import PresignedMultipart
 
 if TYPE_CHECKING:
+    from engine.providers.matterport import Matterport
+    from engine.providers.speckle import Speckle
     from engine.sandbox.faults import FaultPlan
     from engine.sandbox.server import Sandbox
 
@@ -131,12 +132,16 @@ async def open_destination(
 def _remote(args: argparse.Namespace, kind: Kind) -> Destination:
     """A real platform (credentials from the environment or the credentials file) or S3."""
     if kind == "matterport":
+        from engine.providers.matterport import Matterport, MatterportCredentials
+
         kw = {"endpoint": args.endpoint} if args.endpoint else {}
         client = Matterport(
             read_credentials(MatterportCredentials.from_env), **kw, **matterport_options(args)
         )
         return Destination(args.to, matterport=client, organization=args.organization)
     if kind == "speckle":
+        from engine.providers.speckle import Speckle, SpeckleCredentials
+
         kw = {"server": args.server} if args.server else {}
         credentials = read_credentials(SpeckleCredentials.from_env)
         speckle = Speckle(credentials, **kw, **speckle_options(args))
@@ -197,6 +202,8 @@ def sandbox_matterport(
     """A client of a running ``sandbox()``'s Matterport plane, with the plane's own credentials,
     and the organization to use (the plane's first unless one is given; ``options``: more
     ``Matterport`` keywords, e.g. ``matterport_options(args)``)."""
+    from engine.providers.matterport import Matterport, MatterportCredentials
+
     mp = sb.config.matterport
     client = Matterport(
         MatterportCredentials(*mp.credentials[0]),
@@ -218,6 +225,8 @@ def speckle_options(args: argparse.Namespace) -> dict[str, Any]:
 def sandbox_speckle(sb: Sandbox, project: str | None = None, **options: Any) -> tuple[Speckle, str]:
     """A client of a running ``sandbox()``'s Speckle plane, and the project to use
     (``options``: more ``Speckle`` keywords, e.g. ``speckle_options(args)``)."""
+    from engine.providers.speckle import Speckle, SpeckleCredentials
+
     sp = sb.config.speckle
     token = SpeckleCredentials(next(iter(sp.tokens)))
     client = Speckle(token, server=sb.url, poll_interval=0.05, **options)

@@ -20,14 +20,13 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 from anyio.abc import TaskGroup
 
 from engine.bulk import Entry, Units, mark_unfinished, report, survey
-from engine.cli.destinations import Destination, open_destination
 from engine.cli.fanout import add_cluster_options, drain_when_lost, open_fanout
 from engine.cli.options import (
     JOURNAL,
@@ -53,7 +52,6 @@ from engine.cli.output import (
 from engine.cli.progress import ProgressView
 from engine.cli.tables import print_table
 from engine.cli.verbosity import http_trace, rank
-from engine.client import Uploader
 from engine.errors import ConfigError, InterruptedUpload, UploadError
 from engine.events import FileFailed
 from engine.models import UploadResult
@@ -61,16 +59,19 @@ from engine.plan import plan_parts
 from engine.redact import redact
 from engine.units import human_bytes, human_rate
 
+if TYPE_CHECKING:  # imported by the runner alone: parsing the command line needs neither
+    from engine.cli.destinations import Destination
+    from engine.client import Uploader
+
 __all__ = ["register", "run_import"]
 
 
-def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
-    p = sub.add_parser(
-        "import",
-        help="upload every scan under a directory (resumable)",
-        description="Find E57 and IFC files under DIR and upload them: .e57 to Matterport, "
-        ".ifc to Speckle; or every file to s3://BUCKET/PREFIX/ (keys mirror the paths under "
-        "DIR). Rerun the same command to resume after a crash or Ctrl-C.",
+def register(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``import`` (its name and line in ``--help``: ``app.COMMANDS``)."""
+    p.description = (
+        "Find E57 and IFC files under DIR and upload them: .e57 to Matterport, .ifc to "
+        "Speckle; or every file to s3://BUCKET/PREFIX/ (keys mirror the paths under DIR). "
+        "Rerun the same command to resume after a crash or Ctrl-C."
     )
     p.add_argument("dir", type=Path, metavar="DIR")
     add_destination_options(p, tree=True)
@@ -166,6 +167,9 @@ async def _run_units(
     args: argparse.Namespace, units: Units, view: ProgressView, journal: Path
 ) -> bool:
     """Upload every unit, ``--files-at-once`` at a time; return True when stopped by Ctrl-C."""
+    from engine.cli.destinations import open_destination
+    from engine.client import Uploader
+
     sandbox_dir = args.state_dir / "sandbox" if args.state_dir else None
     config, files = engine_config(args), [(e.path, e.size) for es in units.values() for e in es]
     async with (
@@ -183,6 +187,7 @@ async def _run_units(
             force=getattr(args, "force", False),
         )
         async with uploader as up:
+            view.watch(lambda: up.connections)
             async with anyio.create_task_group() as tg:
                 gate = anyio.Semaphore(args.files_at_once)
 

@@ -106,7 +106,25 @@ def state_dir_default() -> Path:
 def add_engine_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
     # default None: the config file and UPLOAD_ENGINE_* fill these (engine.cli.settings)
-    g.add_argument("--concurrency", type=positive, default=None, help="PUTs in flight (default 8)")
+    g.add_argument(
+        "--concurrency",
+        type=positive,
+        default=None,
+        help="a fixed number of PUTs in flight (default: adaptive, grown while goodput grows)",
+    )
+    g.add_argument(
+        "--max-concurrency",
+        type=positive,
+        default=None,
+        help="the most PUTs in flight the adaptive default may reach (default 64)",
+    )
+    g.add_argument(
+        "--data-loops",
+        type=positive,
+        default=None,
+        help="event loops moving HTTPS bytes, on that many cores (default: one per core, "
+        "at most 4; 1: one loop)",
+    )
     g.add_argument("--part-size", type=size, default=None, help="preferred (default 64MiB)")
     g.add_argument("--chunk-size", type=size, default=1 * MiB, help=argparse.SUPPRESS)
     g.add_argument("--max-attempts", type=positive, default=8, help="per part (default 8)")
@@ -147,9 +165,17 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
 def engine_config(args: argparse.Namespace) -> UploadConfig:
     """The engine options of a command as the engine's ``UploadConfig`` (an option left
     ``None``, not filled by ``settings.apply_settings``, takes the engine's default)."""
-    same = ("concurrency", "part_size", "chunk_size", "max_attempts", "stall_timeout")
+    same = (
+        "concurrency",
+        "max_concurrency",
+        "data_loops",
+        "part_size",
+        "chunk_size",
+        "max_attempts",
+        "stall_timeout",
+    )
     return UploadConfig(
-        **{name: getattr(args, name) for name in same if getattr(args, name) is not None},
+        **{n: getattr(args, n) for n in same if getattr(args, n, None) is not None},
         verify_etag=not args.no_verify_etag,
         verify_tls=not args.insecure,
         bwlimit=getattr(args, "bwlimit", None),

@@ -23,7 +23,6 @@ schema is ``docs/json-output.schema.json``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sys
 from collections.abc import Iterable
@@ -31,8 +30,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
-
-import orjson
 
 from engine.errors import (
     AuthenticationError,
@@ -43,7 +40,6 @@ from engine.errors import (
     SourceChangedError,
     StateError,
 )
-from engine.models import PresignedRemote, UploadResult
 from engine.redact import redact
 from engine.units import human_bytes, human_rate
 
@@ -125,6 +121,8 @@ def timestamp() -> str:
 def json_line(record: dict[str, Any], stream: IO[str] | None = None) -> None:
     """One ``--json`` record on stdout (or ``stream``): ``type`` first, ``ts`` added,
     redacted, flushed."""
+    import orjson  # here: parsing the command line (``--help``) does without it
+
     line = {"type": record.get("type", "Result"), "ts": timestamp()}
     line.update((k, v) for k, v in record.items() if k not in ("type", "ts"))
     out = stream or sys.stdout
@@ -167,6 +165,8 @@ def remote_fields(result: object) -> dict[str, object]:
     and reports. The one place the CLI reads ``UploadResult.remote`` and a provider result's
     ids: an ``UploadResult`` gives its remote's record (a presigned upload's ``ids`` as they
     are); a provider result (``MatterportResult``, ``SpeckleResult``) its ids."""
+    from engine.models import PresignedRemote, UploadResult
+
     if not isinstance(result, UploadResult):
         return {name: getattr(result, name) for name in RESULT_IDS if hasattr(result, name)}
     if isinstance(result.remote, PresignedRemote):
@@ -176,6 +176,8 @@ def remote_fields(result: object) -> dict[str, object]:
 
 def md5_of(path: Path) -> str:
     """The hex MD5 of a file, read in chunks."""
+    import hashlib
+
     with path.open("rb") as f:
         return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 

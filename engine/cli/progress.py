@@ -9,6 +9,10 @@ Three modes, chosen by the CLI:
 - ``json``: JSON lines on stdout (``output.json_line``: ``type`` and ``ts`` on each); byte
   progress is folded into one ``Progress`` record every half second.
 
+While parts move, the summary (total bar, progress lines, ``Progress`` records) shows the
+connections in use and the window (``connections 12/16``) of the uploader it ``watch``es; a
+change of the adaptive window (``Concurrency``) is a ``-v`` line.
+
 The level (``engine.cli.verbosity``) says which lines print. Files are named by their path
 relative to ``root`` (the import's directory) or the working directory, control characters
 escaped; everything printed is redacted. Rates count the bytes this run sent (parts stored
@@ -99,6 +103,17 @@ class ProgressView:
         self._stop = threading.Event()
         self.workers: dict[str, int] = {}  # bytes per cluster worker (``worker_bytes``)
         self._worker_rows: dict[str, TaskID] = {}
+        self._connections: Callable[[], tuple[int, int]] | None = None
+
+    def watch(self, connections: Callable[[], tuple[int, int]]) -> None:
+        """Show ``connections()`` (PUTs in flight, window size) while parts move."""
+        self._connections = connections
+
+    def connections(self) -> tuple[int, int] | None:
+        """(PUTs in flight, window size) of the watched uploader, while files are active."""
+        if self._connections is None or not self._active:
+            return None
+        return self._connections()
 
     def __repr__(self) -> str:
         return f"<ProgressView {self.mode} files={self.files_done}/{self.total_files}>"
@@ -163,6 +178,8 @@ class ProgressView:
 
     def _summary(self) -> str:
         text = f"files {self.files_done}/{self.total_files}"
+        if (used := self.connections()) is not None:
+            text += f", connections {used[0]}/{used[1]}"
         if self.files_failed:
             text += f", {self.files_failed} failed"
         if self.retries:
@@ -197,6 +214,14 @@ class ProgressView:
     def __call__(self, event: Event) -> None:
         if isinstance(event, BytesSent):
             self._bytes(event)
+            return
+        if isinstance(event, events.Concurrency):
+            if self.mode == "json":
+                json_line(events.event_to_dict(event), self._json_stream)
+            else:
+                self.print(
+                    f"concurrency: {plural(event.size, 'PUT')} at once ({event.why})", "INFO"
+                )
             return
         if isinstance(event, PartRetry):
             self.retries += 1
@@ -238,6 +263,7 @@ class ProgressView:
                         "total_files": self.total_files,
                         "retries": self.retries,
                         **({"workers": dict(self.workers)} if self.workers else {}),
+                        **_connection_fields(self.connections()),
                     },
                     self._json_stream,
                 )
@@ -261,7 +287,7 @@ class ProgressView:
             f"--part-size {human_bytes(asked)} {why}: sending parts of {human_bytes(event.size)}"
         )
 
-    def _line(self, event: Event) -> None:
+    def _line(self, event: events.FileEvent) -> None:
         name = self.name(event.path)
         if isinstance(event, FileStarted):
             resumed = f", {event.parts_done} already stored" if event.parts_done else ""
@@ -297,6 +323,10 @@ class ProgressView:
             self._left[key] = self._left.get(key, 0) - n
             if self._left[key] <= 0 and key not in self._phased:
                 self._bars.update(row, extra="committing")
+            elif self._overall is None and key not in self._phased:  # one file: its row
+                used = self.connections()
+                extra = "" if used is None else f"connections {used[0]}/{used[1]}"
+                self._bars.update(row, extra=extra)
 
     def worker_bytes(self, worker: str, n: int) -> None:
         """A cluster worker (``engine.cluster``) sent ``n`` more bytes (fewer after a failed
@@ -310,7 +340,7 @@ class ProgressView:
             self._worker_rows[worker] = row
         self._bars.update(row, advance=n)
 
-    def _tty(self, event: Event) -> None:
+    def _tty(self, event: events.FileEvent) -> None:
         bars = self._bars
         if bars is None:
             return
@@ -338,6 +368,10 @@ class ProgressView:
                 bars.remove_task(self._rows.pop(key))
             if self._overall is not None:
                 bars.update(self._overall, extra=self._summary())
+
+
+def _connection_fields(used: tuple[int, int] | None) -> dict[str, int]:
+    return {} if used is None else {"connections": used[0], "window": used[1]}
 
 
 def _phase_level(event: Phase) -> Level:

@@ -9,47 +9,16 @@ so that building the command line (``upload-engine upload ...``) does not import
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
-from typing import Any
 
+from engine.cli.app import DeferredParser
 from engine.cli.output import Outcome
 from engine.errors import ConfigError
 
-__all__ = ["DeferredParser", "register", "run_serve"]
+__all__ = ["register", "run_serve"]
 
 
-class DeferredParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose arguments ``setup`` adds on first use (parsing, help or
-    usage), not when the whole command line is built."""
-
-    def __init__(
-        self, *args: Any, setup: Callable[[argparse.ArgumentParser], None], **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._setup: Callable[[argparse.ArgumentParser], None] | None = setup
-
-    def _ready(self) -> None:
-        setup, self._setup = self._setup, None
-        if setup is not None:
-            setup(self)
-
-    def parse_known_args(  # type: ignore[override]
-        self, args: Sequence[str] | None = None, namespace: Any = None
-    ) -> tuple[Any, list[str]]:
-        self._ready()
-        return super().parse_known_args(args, namespace)
-
-    def format_usage(self) -> str:
-        self._ready()
-        return super().format_usage()
-
-    def format_help(self) -> str:
-        self._ready()
-        return super().format_help()
-
-
-def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
-    sand = sub.add_parser("sandbox", help="the local sandbox of both platforms and blob storage")
+def register(sand: argparse.ArgumentParser) -> None:
+    """The ``sandbox`` actions (its name and line in ``--help``: ``app.COMMANDS``)."""
     actions = sand.add_subparsers(
         dest="sandbox_command", required=True, metavar="ACTION", parser_class=DeferredParser
     )

@@ -106,7 +106,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("s3_endpoint_url", "endpoint_url", "--endpoint-url", _text),
     Setting("s3_region", "region", "--region", _text),
     Setting("s3_profile", "profile", "--profile", _text, None, "AWS profile"),
-    Setting("concurrency", "concurrency", "--concurrency", _count, 8),
+    Setting(
+        "concurrency", "concurrency", "--concurrency", _count, None, "fixed PUTs (default adaptive)"
+    ),
+    Setting("max_concurrency", "max_concurrency", "--max-concurrency", _count, 64),
     Setting("part_size", "part_size", "--part-size", _size, 64 * 1024 * 1024),
     Setting("files_at_once", "files_at_once", "--files-at-once", _count, 4),
     Setting("log_level", "log_level", "--log-level", _level, "NOTICE"),

@@ -18,11 +18,8 @@ import argparse
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from engine.cli.destinations import Destination, open_destination, sandbox_target
 from engine.cli.options import (
     DESTINATIONS,
     JOURNAL,
@@ -50,9 +47,12 @@ from engine.cli.output import (
 )
 from engine.cli.progress import progress_for
 from engine.cli.verbosity import http_trace, rank
-from engine.client import Uploader
 from engine.errors import ConfigError, UploadError
 from engine.models import FileInfo, Skipped
+
+if TYPE_CHECKING:  # imported by the runner alone: parsing the command line needs neither
+    from engine.cli.destinations import Destination
+    from engine.client import Uploader
 
 __all__ = ["already_line", "register", "run_upload"]
 
@@ -62,15 +62,12 @@ ALREADY = "already uploaded"  # the reason ``--json`` and reports give for a ski
 #: destination's own fields of the JSON record, and the exit code
 Sent = tuple[str, int, dict[str, Any], int]
 Record = dict[str, Any]  # one file's part of the JSON record
-FileSender = Callable[[Uploader, Destination, argparse.Namespace, FileInfo], Awaitable[Record]]
+FileSender = Callable[["Uploader", "Destination", argparse.Namespace, FileInfo], Awaitable[Record]]
 
 
-def register(sub: Any) -> None:  # argparse's _SubParsersAction is private
-    up = sub.add_parser(
-        "upload",
-        help="upload files to one destination",
-        description="Upload files. Destinations: " + DESTINATIONS,
-    )
+def register(up: argparse.ArgumentParser) -> None:
+    """The arguments of ``upload`` (its name and line in ``--help``: ``app.COMMANDS``)."""
+    up.description = "Upload files. Destinations: " + DESTINATIONS
     up.add_argument("files", nargs="+", metavar="FILE")
     add_destination_options(up, tree=False)
     up.add_argument(
@@ -99,6 +96,9 @@ def _infos(args: argparse.Namespace) -> list[FileInfo]:
 
 
 async def run_upload(args: argparse.Namespace) -> Outcome:
+    from engine.cli.destinations import open_destination
+    from engine.client import Uploader
+
     infos = _infos(args)
     check_destination(args, files=len(infos))
     send = _to_matterport if destination_kind(args.to) == "matterport" else _send_files
@@ -118,6 +118,7 @@ async def run_upload(args: argparse.Namespace) -> Outcome:
                 trace_configs=trace,
                 force=getattr(args, "force", False),
             ) as up:
+                view.watch(lambda: up.connections)
                 subject, size, fields, code = await send(up, dest, args, infos)
     already = fields.pop("already", "")
     if already:  # nothing needed sending: no throughput for bytes never sent
@@ -169,6 +170,8 @@ async def _send_files(
     """The files, ``--files-at-once`` at a time (Speckle, S3, the sandbox's blob store), a
     record each. One file's failure is raised as it is; of several, each is reported and the
     others go on."""
+    import anyio
+
     kind = destination_kind(args.to)
     send = FILE_SENDERS[kind]
     records: list[Record | None] = [None] * len(infos)
@@ -268,6 +271,8 @@ async def _sandbox_file(
     up: Uploader, dest: Destination, args: argparse.Namespace, info: FileInfo
 ) -> Record:
     """A plain multipart upload into the sandbox's blob store."""
+    from engine.cli.destinations import sandbox_target
+
     assert dest.sandbox is not None
     r = await up.upload(info.path, sandbox_target(dest.sandbox, info))
     return {

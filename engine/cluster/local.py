@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 from distributed import Client, LocalCluster
 
+from engine.cluster.tasks import per_worker
 from engine.config import UploadConfig
 from engine.errors import ConfigError
 from engine.redact import redact
@@ -77,7 +78,7 @@ async def open_cluster(
             return
         cluster: Any = await _untyped(LocalCluster)(
             n_workers=workers,
-            threads_per_worker=config.concurrency,
+            threads_per_worker=per_worker(config),
             processes=True,
             asynchronous=True,
             # the scheduler serves HTTP whatever is asked (8787 by default, a warning when

@@ -34,7 +34,15 @@ from distributed import Client
 from distributed.client import FutureCancelledError
 from distributed.scheduler import KilledWorker
 
-from engine.cluster.tasks import PartAnswer, PartJob, PartPool, PoolSettings, head_digest, probe
+from engine.cluster.tasks import (
+    PartAnswer,
+    PartJob,
+    PartPool,
+    PoolSettings,
+    head_digest,
+    per_worker,
+    probe,
+)
 from engine.cluster.tasks import send_part as _task
 from engine.config import UploadConfig
 from engine.errors import ConfigError, InterruptedUpload, SourceError, source_error
@@ -124,7 +132,7 @@ class ClusterSender:
         key = f"{self.pool}-{index}-{number}-{self._sends}"
         job = PartJob(
             key, self.pool, self.topic, path, put.info.size, put.part, put.request,
-            self._config.chunk_size, put.md5,
+            self._config.effective_chunk, put.md5,
         )  # fmt: skip
         flight = self._flights[key] = _Flight(on_progress)
         try:
@@ -292,10 +300,10 @@ async def cluster_sender(
                 f"the Dask cluster has no worker (waited {wait_for_workers:g} s)"
             ) from None
         workers = await _worker_threads(dask)
-    slots = sum(min(n, config.concurrency) for n in workers.values())
+    slots = sum(min(n, per_worker(config)) for n in workers.values())
     sender = ClusterSender(client, config, slots=max(1, slots), on_worker=on_worker)
     settings = PoolSettings(
-        config.concurrency,
+        per_worker(config),
         config.bwlimit,
         config.connect_timeout,
         config.stall_timeout,

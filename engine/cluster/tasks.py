@@ -62,6 +62,16 @@ _REPORT_EVERY = 0.2
 Answer = Literal["ok", "transient", "expired", "fatal", "source"]
 
 
+#: PUTs in flight per worker when the configuration leaves the number to the engine
+#: (``concurrency=None``): a worker has no adaptive window of its own
+PER_WORKER_DEFAULT = 8
+
+
+def per_worker(config: UploadConfig) -> int:
+    """PUTs in flight in one worker: ``config.concurrency``, or ``PER_WORKER_DEFAULT``."""
+    return config.concurrency if config.concurrency is not None else PER_WORKER_DEFAULT
+
+
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
     """How one worker sends for one run (from the coordinator's ``UploadConfig``)."""

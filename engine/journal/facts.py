@@ -21,6 +21,7 @@ __all__ = [
     "ModelReady",
     "MultipartStarted",
     "PartLimitsKnown",
+    "PartsPlanned",
     "SessionOpened",
     "SpeckleApiChosen",
     "UploadStarted",
@@ -93,6 +94,15 @@ class FileAdded(Fact):
     client_id: str
     e57_id: str
     file_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PartsPlanned(Fact):
+    """Every target: the part size the file's parts were planned with (the first part's
+    size), so that a rerun plans the same ranges and its journaled parts still count."""
+
+    tag: ClassVar[str] = "plan"
+    part_size: int
 
 
 @dataclass(frozen=True, slots=True)

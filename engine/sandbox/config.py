@@ -12,6 +12,10 @@ Rules this module keeps:
   :mod:`engine.sandbox.blobstore.modes`), which must be one of ``s3``, ``kms``, ``sse-c``,
   ``azure``. ``max_object_size`` (the largest single PUT; ``None``: the mode's, 5 GiB for S3,
   5000 MiB for Azure's Put Blob) must be positive.
+* ``control_latency`` (seconds, a finite number ``>= 0``) is a **simulation knob, not a service
+  behaviour**: every control-plane request (both GraphQL endpoints, Speckle's REST upload and
+  subscription upgrade) is answered that much later, as over a wide-area link. It is kept apart
+  from the blob store's ``faults.latency`` (data requests), and applies with external storage too.
 * The presigning secret is random per process unless given, and never shown in ``repr``.
 * Importing this module is cheap: it imports neither the server nor a control plane (the S3
   storage module only when a ``storage_url`` is checked).
@@ -19,6 +23,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +50,8 @@ class SandboxConfig:
     copies, and ``faults`` must be empty: fault injection does not apply to external storage.
     ``storage_mode``: which real store the own blob store answers as (``s3``, ``kms``, ``sse-c``,
     ``azure``); ``max_object_size``: its largest single PUT (``None``: the mode's).
+    ``control_latency``: seconds added before every control-plane answer (a simulation of a
+    wide-area round trip, not a behaviour of either service; 0: none).
     """
 
     data_dir: Path | None = None
@@ -60,6 +67,7 @@ class SandboxConfig:
     storage_url: str | None = None
     storage_mode: str = "s3"
     max_object_size: int | None = None
+    control_latency: float = 0.0
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -74,6 +82,11 @@ class SandboxConfig:
             )
         if self.max_object_size is not None and self.max_object_size <= 0:
             raise ValueError(f"max_object_size must be positive, got {self.max_object_size}")
+        if not (self.control_latency >= 0.0 and math.isfinite(self.control_latency)):
+            raise ValueError(
+                f"control_latency must be a finite number of seconds >= 0, got "
+                f"{self.control_latency}"
+            )
         if self.storage_url is not None:
             from engine.sandbox.s3store import S3Location
 

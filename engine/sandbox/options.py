@@ -8,7 +8,10 @@ Rules this module keeps:
   ``--data-dir`` (default: a temporary directory, removed on exit), ``--discard``, ``--storage
   S3_URL`` (default: the sandbox's own blob store), ``--storage-mode`` (``s3``; also ``kms``,
   ``sse-c``, ``azure``: which real store the own blob store answers as), ``--faults SPEC`` (none),
-  ``--seed`` (0), ``--latency`` (0 seconds per blob request) and ``--min-part-size`` (5 MiB).
+  ``--seed`` (0), ``--latency`` (0 seconds per blob request), ``--control-latency`` (0 seconds
+  per control-plane request: a simulation knob, not a service behaviour) and ``--min-part-size``
+  (5 MiB).
+* ``--control-latency`` takes a finite number of seconds ``>= 0`` (argparse refuses others).
 * ``--min-part-size`` takes ``64MiB``, ``8M``, ``1GiB`` or plain bytes (``1048576``), more than
   0; it is the smallest part (but the last) that both the blob store and the Matterport plane
   accept, so the two never disagree.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 from typing import Final
 
@@ -33,7 +37,7 @@ from engine.sandbox.blobstore.modes import MODES
 from engine.sandbox.config import SandboxConfig
 from engine.sandbox.faults import FaultPlan
 
-__all__ = ["DEFAULT_PORT", "add_serve_options", "config_from_args", "parse_size"]
+__all__ = ["DEFAULT_PORT", "add_serve_options", "config_from_args", "parse_seconds", "parse_size"]
 
 DEFAULT_PORT: Final = 8700
 _UNITS: Final = {"k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
@@ -51,6 +55,17 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64MiB)") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"size must be positive: {text!r}")
+    return value
+
+
+def parse_seconds(text: str) -> float:
+    """``0.05`` -> seconds (an argparse ``type``; a finite number ``>= 0``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"seconds must be finite and >= 0: {text!r}")
     return value
 
 
@@ -86,6 +101,15 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="fault seed")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per blob request")
     parser.add_argument(
+        "--control-latency",
+        metavar="S",
+        type=parse_seconds,
+        default=0.0,
+        help="simulation knob, not a service behaviour: answer every control-plane request "
+        "(GraphQL, Speckle REST) S seconds later, as over a wide-area link (default 0; "
+        "--latency is the blob store's)",
+    )
+    parser.add_argument(
         "--min-part-size",
         type=parse_size,
         default=5 * MiB,
@@ -112,6 +136,7 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
         faults=faults,
         min_part_size=args.min_part_size,
         matterport=matterport.MatterportSandboxConfig(min_part_size=args.min_part_size),
+        control_latency=args.control_latency,
     )
 
 

@@ -11,6 +11,8 @@ Rules this module keeps:
 * It shares no code with the client side (``engine/*.py``): stdlib, aiohttp, orjson and anyio only.
 * Client disconnects are not errors: request bodies are read with a 1 MiB buffer, handlers swallow
   resets, and there is no access log, so a reset mid-body leaves no traceback.
+* ``SandboxConfig.control_latency`` (a simulation knob) delays every route the control planes
+  register, and no other: the blob store's own ``latency`` is its fault plan's.
 
 Routes: ``PUT /blob/{key}`` (presigned uploads), ``POST /api/import/graph`` (Matterport),
 ``POST /graphql`` (Speckle), ``GET /_sandbox/stats`` and ``GET /_sandbox/objects/{key}`` (admin).
@@ -34,6 +36,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from engine.sandbox.blobstore import BlobError, BlobStore, MiB, validate_key
 from engine.sandbox.config import SandboxConfig
@@ -174,8 +177,12 @@ class Sandbox:
         # own routes with plane.register(app). Imported here, not at module level, so that a
         # plane module may import from engine.sandbox without an import cycle.
         self._planes = self._make_planes(store)
+        data_and_admin = set(app.router.routes())
         for plane in self._planes:
             plane.register(app)
+        if self.config.control_latency > 0.0:
+            control = frozenset(r for r in app.router.routes() if r not in data_and_admin)
+            app.middlewares.append(_delayed(control, self.config.control_latency))
         return app
 
     def _make_planes(self, store: BlobStore) -> list[ControlPlane]:
@@ -214,6 +221,23 @@ class Sandbox:
         if stored is None:
             return json_response({"error": "NoSuchKey", "key": key}, status=404, non_str_keys=True)
         return json_response(asdict(stored), non_str_keys=True)
+
+
+def _delayed(routes: frozenset[web.AbstractRoute], seconds: float) -> Middleware:
+    """A middleware answering requests to ``routes`` (the control planes') ``seconds`` later.
+
+    A simulation knob (``SandboxConfig.control_latency``), not a behaviour of either service: the
+    round trip of a wide-area link, both legs taken before the handler runs, so concurrent
+    requests each wait ``seconds`` (a link delay, not a queue). A WebSocket upgrade waits too;
+    messages on an open subscription socket do not."""
+
+    @web.middleware
+    async def delay(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.route in routes:
+            await anyio.sleep(seconds)
+        return await handler(request)
+
+    return delay
 
 
 def _hand_out_store_headers(config: SandboxConfig, store: BlobStore) -> tuple[Any, Any]:

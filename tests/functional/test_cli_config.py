@@ -55,7 +55,8 @@ def test_precedence_flag_env_profile_default(tmp_path: Path) -> None:
 
     s = _show({**env, "UPLOAD_ENGINE_PROFILE": "qa"})  # a profile stands alone, like aws-cli's
     assert s["speckle_project"]["value"] == "from-qa"
-    assert s["concurrency"] == {"value": "8", "source": "default"}
+    assert s["concurrency"] == {"value": "(adaptive, up to max_concurrency)", "source": "default"}
+    assert s["max_concurrency"] == {"value": "64", "source": "default"}
     assert s["part_size"]["value"] == str(8 * 1024 * 1024)
 
     env_over = {**env, "UPLOAD_ENGINE_SPECKLE_PROJECT": "from-env"}

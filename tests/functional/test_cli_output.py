@@ -69,7 +69,10 @@ def test_logs_get_a_timestamped_progress_line_every_interval(tmp_path: Path) -> 
     err = run.err.splitlines()
     progress = [line for line in err if " progress: " in line]
     assert len(progress) >= 3 and stamped(progress), err
-    line = r" progress: [\d.]+ (B|KiB|MiB) of 2\.0 MiB \(\d+%\), [\d.]+ \w+/s, files 0/1$"
+    line = (
+        r" progress: [\d.]+ (B|KiB|MiB) of 2\.0 MiB \(\d+%\), [\d.]+ \w+/s, files 0/1, "
+        r"connections \d+/\d+$"  # PUTs in flight / the window
+    )
     assert re.search(line, progress[0]), progress
     # the platform's minimum is 256 KiB: said, not silently applied
     assert any(

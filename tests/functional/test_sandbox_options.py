@@ -37,6 +37,7 @@ def test_defaults() -> None:
         "faults": "",
         "seed": 0,
         "latency": 0.0,
+        "control_latency": 0.0,
         "min_part_size": 5 * MiB,
     }
     config = config_from_args(args)
@@ -47,6 +48,7 @@ def test_defaults() -> None:
         None,
     )
     assert config.faults == FaultPlan()
+    assert config.control_latency == 0.0
     assert config.min_part_size == config.matterport.min_part_size == 5 * MiB
 
 
@@ -59,9 +61,12 @@ def test_every_option_reaches_the_config(tmp_path: Path) -> None:
         "--faults=503=0.25,reset=0.5",
         "--seed=7",
         "--latency=0.5",
+        "--control-latency=0.05",
         "--min-part-size=256KiB",
     )
     config = config_from_args(args)
+    # Control-plane latency is its own knob, apart from the blob store's fault plan.
+    assert config.control_latency == 0.05
     assert (config.host, config.port, config.data_dir, config.discard) == ("::1", 0, tmp_path, True)
     assert config.faults == FaultPlan(seed=7, rates={"503": 0.25, "reset": 0.5}, latency=0.5)
     # The blob store and the Matterport plane agree on the smallest part.
@@ -102,6 +107,18 @@ def test_options_that_do_not_fit_are_one_line_value_errors(argv: list[str], mess
     assert "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize("text", ["-0.05", "nan", "inf", "50ms"])
+def test_bad_control_latency_is_a_usage_error(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse(f"--control-latency={text}")
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --control-latency" in err and "seconds" in err
+    assert "Traceback" not in err
+
+
 def test_the_server_entry_point_uses_them(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         server.main(["--help"])
@@ -111,6 +128,8 @@ def test_the_server_entry_point_uses_them(capsys: pytest.CaptureFixture[str]) ->
         assert option in out
     for option in ("--seed", "--latency", "--min-part-size", "default 8700"):
         assert option in out
+    words = " ".join(out.split())  # argparse wraps the help to the terminal's width
+    assert "--control-latency S" in words and "simulation knob, not a service behaviour" in words
     with pytest.raises(SystemExit) as refused:
         server.main(["--storage=s3://scans", "--faults=503=0.1"])
     assert refused.value.code == 2

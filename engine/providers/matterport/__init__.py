@@ -16,25 +16,30 @@ open ``Uploader``).
 
 from __future__ import annotations
 
-from engine.providers.matterport.documents import (
-    ADD_E57_OBJECT,
-    ADD_IMPORT_SESSION,
-    BEGIN_UPLOAD,
-    COMMIT_IMPORT_SESSION,
-    COMPLETE_UPLOAD,
-    ENDPOINT,
-    IMPORT_FILE_PARTS_UPLOAD_STATUS,
-    IMPORT_SESSION,
-    LIST_IMPORT_SESSIONS,
-    REQUEST_PART_UPLOAD,
-)
-from engine.providers.matterport.errors import MatterportCredentials, classify
-from engine.providers.matterport.session import Matterport, MatterportResult
-from engine.providers.matterport.target import (
-    MatterportFile,
-    MatterportFileRemote,
-    MatterportFileTarget,
-)
+from typing import TYPE_CHECKING
+
+from engine.lazy import exports
+
+if TYPE_CHECKING:
+    from engine.providers.matterport.documents import (
+        ADD_E57_OBJECT,
+        ADD_IMPORT_SESSION,
+        BEGIN_UPLOAD,
+        COMMIT_IMPORT_SESSION,
+        COMPLETE_UPLOAD,
+        ENDPOINT,
+        IMPORT_FILE_PARTS_UPLOAD_STATUS,
+        IMPORT_SESSION,
+        LIST_IMPORT_SESSIONS,
+        REQUEST_PART_UPLOAD,
+    )
+    from engine.providers.matterport.errors import MatterportCredentials, classify
+    from engine.providers.matterport.session import Matterport, MatterportResult
+    from engine.providers.matterport.target import (
+        MatterportFile,
+        MatterportFileRemote,
+        MatterportFileTarget,
+    )
 
 __all__ = [
     "ADD_E57_OBJECT",
@@ -55,3 +60,17 @@ __all__ = [
     "MatterportResult",
     "classify",
 ]
+
+#: the modules of the names above, for the interpreter (mypy reads the imports)
+_HOMES = {
+    "engine.providers.matterport.documents": "ADD_E57_OBJECT ADD_IMPORT_SESSION BEGIN_UPLOAD "
+    "COMMIT_IMPORT_SESSION COMPLETE_UPLOAD ENDPOINT IMPORT_FILE_PARTS_UPLOAD_STATUS IMPORT_SESSION "
+    "LIST_IMPORT_SESSIONS REQUEST_PART_UPLOAD",
+    "engine.providers.matterport.errors": "MatterportCredentials classify",
+    "engine.providers.matterport.session": "Matterport MatterportResult",
+    "engine.providers.matterport.target": "MatterportFile MatterportFileRemote "
+    "MatterportFileTarget",
+}
+
+if not TYPE_CHECKING:  # a module __getattr__ seen by mypy would make every name Any
+    __getattr__, __dir__ = exports(__name__, _HOMES)

@@ -27,17 +27,23 @@ until it made a version or failed for good. Each module keeps the rules of its s
 
 from __future__ import annotations
 
-from engine.providers.speckle.documents import (
-    DEFAULT_SERVER,
-    MAX_UPLOAD_SIZE,
-    START_FILE_INGESTION,
-)
-from engine.providers.speckle.errors import SpeckleCredentials, check_local, classify
-from engine.providers.speckle.ingestion import Ingestion
-from engine.providers.speckle.provider import Speckle
-from engine.providers.speckle.results import SpeckleResult, SpeckleVersion
-from engine.providers.speckle.server import API_CHOICES, ServerApi
-from engine.providers.speckle.target import SpeckleFileTarget
+from typing import TYPE_CHECKING
+
+from engine.lazy import exports
+
+if TYPE_CHECKING:
+    from engine.providers.speckle.documents import (
+        API_CHOICES,
+        DEFAULT_SERVER,
+        MAX_UPLOAD_SIZE,
+        START_FILE_INGESTION,
+    )
+    from engine.providers.speckle.errors import SpeckleCredentials, check_local, classify
+    from engine.providers.speckle.ingestion import Ingestion
+    from engine.providers.speckle.provider import Speckle
+    from engine.providers.speckle.results import SpeckleResult, SpeckleVersion
+    from engine.providers.speckle.server import ServerApi
+    from engine.providers.speckle.target import SpeckleFileTarget
 
 __all__ = [
     "API_CHOICES",
@@ -54,3 +60,18 @@ __all__ = [
     "check_local",
     "classify",
 ]
+
+#: the modules of the names above, for the interpreter (mypy reads the imports)
+_HOMES = {
+    "engine.providers.speckle.documents": "API_CHOICES DEFAULT_SERVER MAX_UPLOAD_SIZE "
+    "START_FILE_INGESTION",
+    "engine.providers.speckle.errors": "SpeckleCredentials check_local classify",
+    "engine.providers.speckle.ingestion": "Ingestion",
+    "engine.providers.speckle.provider": "Speckle",
+    "engine.providers.speckle.results": "SpeckleResult SpeckleVersion",
+    "engine.providers.speckle.server": "ServerApi",
+    "engine.providers.speckle.target": "SpeckleFileTarget",
+}
+
+if not TYPE_CHECKING:  # a module __getattr__ seen by mypy would make every name Any
+    __getattr__, __dir__ = exports(__name__, _HOMES)

@@ -24,6 +24,7 @@ from typing import Final
 from engine.models import MAX_PUT_SIZE
 
 __all__ = [
+    "API_CHOICES",
     "API_MARKERS",
     "CONVERTED_STATUS",
     "CREATE_MODEL",
@@ -60,6 +61,8 @@ MAX_UPLOAD_SIZE: Final = MAX_PUT_SIZE  # one presigned PUT of the whole file
 
 DEFAULT_SERVER: Final = "https://app.speckle.systems"
 PLATFORM: Final = "Speckle"  # how malformed answers name the platform
+#: the APIs ``--speckle-api`` / ``Speckle(api=...)`` take (``auto``: ask the server)
+API_CHOICES: Final = ("auto", "v3", "v2", "rest")
 
 #: The legacy upload route (speckle-server ``modules/fileuploads/rest/router.ts``:
 #: ``POST /api/file/:fileType/:streamId/:branchName?``, multipart/form-data, 201

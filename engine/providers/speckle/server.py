@@ -38,7 +38,13 @@ import anyio
 
 from engine.errors import AuthenticationError, PermissionDeniedError, RemoteError
 from engine.graphql import GraphQLClient, dig
-from engine.providers.speckle.documents import API_MARKERS, SERVER, SERVER_API, SERVER_VERSION
+from engine.providers.speckle.documents import (
+    API_CHOICES,
+    API_MARKERS,
+    SERVER,
+    SERVER_API,
+    SERVER_VERSION,
+)
 from engine.providers.speckle.errors import is_unsupported
 from engine.providers.speckle.live import LivePool
 from engine.providers.speckle.pacing import Pacer
@@ -58,7 +64,6 @@ __all__ = [
 ]
 
 Api = Literal["v3", "v2", "rest"]
-API_CHOICES: Final = ("auto", "v3", "v2", "rest")
 _VERSION_RE: Final = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?")
 
 
