@@ -277,7 +277,8 @@ def build_cases(data: dict[str, Path], quick: bool) -> list[Case]:
     k = _peers()
     cases = _loopback_cases(data, k) + _wan_cases(data, k)
     cases += _memory_cases(data, k, quick) + _sweep_cases(data, quick)
-    cases += cluster_cases(Contender, Case, str(data["big"]))  # benchmarks/cluster.py
+    # benchmarks/cluster.py, at most 2 repetitions: 3 took 6 of the full run's minutes
+    cases += [replace(c, reps=2) for c in cluster_cases(Contender, Case, str(data["big"]))]
     # Issue 13 (the lead): the case groups of benchmarks/flows.py and benchmarks/startup.py go
     # here, each a function like cluster_cases that returns Case values; their targets go
     # into benchmarks/report.py (TARGET_GROUPS) and their plots into benchmarks/run.py (PLOTS).

@@ -169,8 +169,7 @@ class Served:
 
 @contextmanager
 def served(latency: float, env: dict[str, str]) -> Iterator[Served]:
-    """``python -m engine.sandbox --port 0 --discard --control-latency S``, fresh: its rate
-    limiter starts full, as for a user's first import."""
+    """``python -m engine.sandbox --port 0 --discard --control-latency S``."""
     argv = [PY, "-m", "engine.sandbox", "--port", "0", "--discard"]
     argv += ["--control-latency", str(latency)]
     proc = subprocess.Popen(
@@ -227,9 +226,22 @@ def _spawn(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, s
     return code, text[0], text[1], peak.kib / 1024
 
 
-def run_one(flow: Flow, who: Contender, env: dict[str, str], timeout: float) -> Sample:
+def sandboxes(flow: Flow, env: dict[str, str]) -> Iterator[tuple[Contender, Served]]:
+    """Each contender of ``flow`` with its served sandbox: a fresh one each for Speckle (the
+    rate limiter starts full for everyone), one for both for Matterport (no limiter)."""
+    if flow.platform == "speckle":
+        for who in flow.case.contenders:
+            with served(flow.latency, env) as sb:
+                yield who, sb
+        return
+    with served(flow.latency, env) as sb:
+        for who in flow.case.contenders:
+            yield who, sb
+
+
+def run_one(flow: Flow, who: Contender, sb: Served, env: dict[str, str], timeout: float) -> Sample:
     s = Sample(flow.case.id, who.name, 0, ok=False)
-    with tempfile.TemporaryDirectory(prefix="flows-") as state, served(flow.latency, env) as sb:
+    with tempfile.TemporaryDirectory(prefix="flows-") as state:
         before = sb.stats()
         spawned = time.time()
         code, out, err, s.rss_mib = _spawn(
@@ -350,8 +362,8 @@ def measure(
         for group in ([f for f in flows if f.platform == p] for p in ("matterport", "speckle")):
             for rep in range(reps):
                 for flow in (f for f in group if rep < (f.case.reps or reps)):
-                    for who in flow.case.contenders:
-                        s = run_one(flow, who, env, timeout)
+                    for who, sb in sandboxes(flow, env):
+                        s = run_one(flow, who, sb, env, timeout)
                         s.rep = rep
                         samples.append(s)
                         if log:

@@ -348,6 +348,7 @@ def _sweep_panel(ax2: Any, rows: list[Row]) -> None:
             linestyle="--",
             label=f"RSS, part {part} MiB",
         )
+    ax2.set_xscale("log", base=2)
     ax2.set_xlabel("concurrency (engine, multipart, HTTP, ETag check on)")
     ax2.set_ylabel("GB/s")
     ax3.set_ylabel("peak RSS MiB")

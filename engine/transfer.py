@@ -372,7 +372,6 @@ class Engine:
         def progress(n: int) -> None:
             sent[0] += n
             run.bytes_sent += n
-            self._window.sent(n)
             self._emit(BytesSent(run.info.path, part.number, n))
 
         async with self._ahead:
@@ -383,6 +382,7 @@ class Engine:
                 except AttemptFailed as failed:
                     self._window.pushed_back(failed.verdict)
                     return failed
+        self._window.stored(part.size)
         found = integrity_of(outcome.etag, outcome.headers)
         if found.check == "none":
             self._unverifiable(run, found.why)

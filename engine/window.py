@@ -5,9 +5,12 @@ limiter the scheduler's PUTs share and measures goodput from the bytes they repo
 
 Rules of the adaptive window (``UploadConfig.concurrency is None``):
 - it starts at ``START`` PUTs (fewer when the ceiling is lower);
-- goodput is measured over samples of ``SAMPLE`` seconds; a sample counts only when every
-  slot of the window was busy at its start and at its end (a window that is not full says
-  nothing about what more connections would bring: too few parts, or files between);
+- goodput is the bytes of the parts the store acknowledged (their PUT answered), over samples
+  of at least ``SAMPLE`` seconds and at least half a window of parts: bytes written to a
+  socket are not goodput (the kernel's buffers take megabytes per connection at once, and a
+  new connection would look like a gain); a sample counts only when every slot of the window
+  was busy at its start and at its end (a window that is not full says nothing about what
+  more connections would bring: too few parts, or files between);
 - slow start: the window doubles while each doubling raised goodput by at least ``GAIN``;
 - at the knee (a change that did not pay) it goes back to the last size that paid and from
   then on probes upward additively (an eighth more, at least one) every ``HOLD`` samples,
@@ -35,7 +38,7 @@ from engine.retry import Verdict
 
 __all__ = ["GAIN", "HOLD", "SAMPLE", "START", "Ramp", "Window", "congestion"]
 
-START: Final = 8
+START: Final = 16
 SAMPLE: Final = 0.25  # seconds per goodput sample
 GAIN: Final = 0.10  # a change must raise goodput by this fraction to be kept
 HOLD: Final = 4  # samples between additive probes once past the knee
@@ -120,8 +123,8 @@ class Ramp:
 
 class Window:
     """The limiter every PUT of one engine holds while it sends, sized by a ``Ramp`` (or
-    fixed). ``sent`` is fed the bytes PUTs report; ``pushed_back`` a failed PUT's verdict.
-    ``on_change(size, why)`` hears each new size."""
+    fixed). ``stored`` is fed each acknowledged part's size; ``pushed_back`` a failed PUT's
+    verdict. ``on_change(size, why)`` hears each new size."""
 
     def __init__(
         self,
@@ -137,6 +140,7 @@ class Window:
         self._now = now
         self._on_change = on_change
         self._bytes = 0
+        self._parts = 0
         self._started: float | None = None  # when the current sample began (window full)
         self._last_cut = float("-inf")
 
@@ -160,21 +164,22 @@ class Window:
     def _full(self) -> bool:
         return self.in_flight >= self.size
 
-    def sent(self, n: int) -> None:
-        """``n`` more bytes went out (negative: a re-sent body started over)."""
+    def stored(self, n: int) -> None:
+        """A PUT of ``n`` bytes was answered with success (the store has them)."""
         if self.ramp is None:
             return
         now = self._now()
         if self._started is None:
             if self._full():
-                self._started, self._bytes = now, 0
+                self._started, self._bytes, self._parts = now, 0, 0
             return
         self._bytes += n
+        self._parts += 1
         elapsed = now - self._started
-        if elapsed < SAMPLE:
+        if elapsed < SAMPLE or self._parts < max(2, self.size // 2):
             return
         rate, full = self._bytes / elapsed, self._full()
-        self._started, self._bytes = (now if full else None), 0
+        self._started, self._bytes, self._parts = (now if full else None), 0, 0
         if full:
             self._apply(self.ramp.sample(rate), f"goodput {rate / 1e6:.0f} MB/s")
 

@@ -162,22 +162,16 @@ async def test_a_cancelled_caller_returns_only_after_the_remote_puts_ended(
 ) -> None:
     src = source(tmp_path, 8 * PART)
     returned = threading.Event()  # set once the cancelled upload is back in the caller
-    reads: list[tuple[bool, str]] = []  # (began after the caller was back, error if any)
+    ended: list[tuple[str, bool]] = []  # (thread, after the caller was back) per PUT's end
+    began: list[tuple[bool, int]] = []  # per read: (after the caller was back, PUTs ended)
     real_read = transport_module.read_chunk
 
     def slow_read(fd: int, n: int, offset: int, md5: Any) -> bytes:
-        late = returned.is_set()
+        began.append((returned.is_set(), len(ended)))
         time.sleep(0.05)  # in a data loop's worker thread: reads are under way at the cancel
-        try:
-            data = real_read(fd, n, offset, md5)
-        except Exception as exc:
-            reads.append((late, repr(exc)))
-            raise
-        reads.append((late, ""))
-        return data
+        return real_read(fd, n, offset, md5)
 
     monkeypatch.setattr(transport_module, "read_chunk", slow_read)
-    ended: list[tuple[str, bool]] = []  # (thread, after the caller was back) per PUT's end
 
     async def failed(_: object, __: object, p: aiohttp.TraceRequestExceptionParams) -> None:
         ended.append((threading.current_thread().name, returned.is_set()))
@@ -200,13 +194,12 @@ async def test_a_cancelled_caller_returns_only_after_the_remote_puts_ended(
         for lp in loops._loops:  # nothing of them is left but each loop's own serving task
             left = asyncio.run_coroutine_threadsafe(_other_tasks(), lp.loop).result(5)
             assert left == ["_Loop._serve"]
-        read_before = len(reads)
         await anyio.sleep(0.2)  # what a PUT left running would do now
-    # every PUT ended (its connection closed) on a data loop before the caller was back
+    # every PUT ended (its connection closed) on a data loop before the caller was back, and
+    # no read of the file began once they had (a read begun before, in a worker thread when
+    # aiohttp cancelled the body's writer, may still end on the closed descriptor: dropped)
     assert sorted(ended) == [(f"upload-engine-data-{i}", False) for i in (0, 0, 1, 1)]
-    # and no read of the file began afterwards; each one that ended before was whole
-    assert reads and not any(late for late, _ in reads), reads
-    assert all(not error for _, error in reads[:read_before] if error), reads
+    assert began and all(not late and n < 4 for late, n in began), began
     gc.collect()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 

@@ -1,4 +1,4 @@
-"""Smoke test of ``benchmarks.flows``: every case end to end at a tiny size (an 8 MiB E57, four
+"""Smoke test of ``benchmarks.flows``: every case end to end at a tiny size (an 8 MiB E57, three
 IFC files), against served sandboxes with their control-plane latency, writing its results.
 
 Timings are the benchmark's; this checks that each contender did the whole flow, that the
@@ -35,7 +35,7 @@ ROW_KEYS = {
 
 
 def test_every_flow_runs_end_to_end_and_writes_results(tmp_path: Path) -> None:
-    argv = ["--reps", "1", "--mp-mib", "8", "--ifc-files", "4", "--timeout", "60"]
+    argv = ["--reps", "1", "--mp-mib", "8", "--ifc-files", "3", "--timeout", "60"]
     code = flows.main([*argv, "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
     result = json.loads((tmp_path / "out" / "flows-latest.json").read_text())
     failed = [(s["case"], s["contender"], s["error"]) for s in result["samples"] if not s["ok"]]
@@ -70,8 +70,8 @@ def test_every_flow_runs_end_to_end_and_writes_results(tmp_path: Path) -> None:
 
     for who in (flows.ENGINE, flows.ONE_AT_A_TIME):
         speckle = rows[("speckle-500", who.name)]
-        assert speckle["files"] == 4 and speckle["control_latency_ms"] == 50
-        assert speckle["median_requests"] >= 4 * 4  # model, URL, ingestion, status per file
-        assert speckle["median_rate_limited"] == 0  # four files stay within the burst
+        assert speckle["files"] == 3 and speckle["control_latency_ms"] == 50
+        assert speckle["median_requests"] >= 3 * 4  # model, URL, ingestion, status per file
+        assert speckle["median_rate_limited"] == 0  # three files stay within the burst
     table = flows.markdown(result["summary"])
-    assert "8 MiB E57, control plane +50 ms" in table and "4 IFC files through Speckle" in table
+    assert "8 MiB E57, control plane +50 ms" in table and "3 IFC files through Speckle" in table

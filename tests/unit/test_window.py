@@ -73,26 +73,29 @@ def test_what_counts_as_the_path_pushing_back(verdict: Verdict, pushed: bool) ->
     assert congestion(verdict) is pushed
 
 
-async def test_the_window_samples_only_while_every_slot_is_busy() -> None:
+async def test_the_window_samples_acknowledged_parts_only_while_every_slot_is_busy() -> None:
     now = [0.0]
     changes: list[tuple[int, str]] = []
     window = Window(
         fixed=None, ceiling=64, now=lambda: now[0], on_change=lambda n, w: changes.append((n, w))
     )
-    window.sent(10_000_000)
+    window.stored(10_000_000)
     now[0] = 1.0
-    window.sent(10_000_000)
+    window.stored(10_000_000)
     assert changes == []  # not full: no sample began
     async with window.limiter:
         pass  # one slot busy of eight: still not full
-    window.sent(1)
+    window.stored(1)
     assert changes == []
     borrowers = [object() for _ in range(window.size)]
     for b in borrowers:
         window.limiter.acquire_on_behalf_of_nowait(b)
-    window.sent(0)  # full: a sample begins
+    window.stored(0)  # full: a sample begins
     now[0] = 1.5
-    window.sent(50_000_000)
+    for _ in range(3):
+        window.stored(10_000_000)
+    assert changes == []  # 0.5 s, but 3 parts: fewer than half a window (4)
+    window.stored(20_000_000)
     assert changes == [(16, "goodput 100 MB/s")]
     assert window.size == 16
     for b in borrowers:
@@ -103,7 +106,7 @@ async def test_a_fixed_window_never_changes() -> None:
     changes: list[int] = []
     window = Window(fixed=3, ceiling=3, now=lambda: 0.0, on_change=lambda n, _: changes.append(n))
     window.pushed_back(Verdict("transient", "HTTP 503 SlowDown"))
-    window.sent(10**9)
+    window.stored(10**9)
     assert window.size == 3 and window.ceiling == 3 and changes == []
 
 
