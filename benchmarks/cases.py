@@ -82,6 +82,11 @@ def _size_label(n: int) -> str:
     return f"{n // GiB} GiB" if n >= GiB and n % GiB == 0 else f"{n // MiB} MiB"
 
 
+def _tuned(name: str, kind: str, args: tuple[str, ...]) -> Contender:
+    """A peer tuned for the race: the case's part size and concurrency, no hashing."""
+    return Contender(name, kind, args, default_config=False, hashing=False)
+
+
 def _peers() -> dict[str, Contender]:
     """Every contender of the matrix, by a short key."""
     c = Contender
@@ -101,29 +106,13 @@ def _peers() -> dict[str, Contender]:
             ("boto3", "--variant", "default"),
             case_knobs=False,
         ),
-        "b3t": c(
-            "boto3 tuned (matched, signing+checksums off)",
-            "py",
-            ("boto3", "--variant", "tuned"),
-            default_config=False,
-            hashing=False,
+        "b3t": _tuned(
+            "boto3 tuned (matched, signing+checksums off)", "py", ("boto3", "--variant", "tuned")
         ),
         "crt": c("AWS CRT (defaults)", "py", ("crt", "--variant", "default"), case_knobs=False),
-        "crtn": c(
-            "AWS CRT (matched, checksums off)",
-            "py",
-            ("crt", "--variant", "nocheck"),
-            default_config=False,
-            hashing=False,
-        ),
+        "crtn": _tuned("AWS CRT (matched, checksums off)", "py", ("crt", "--variant", "nocheck")),
         "s5": c("s5cmd (defaults)", "cmd", ("s5cmd",)),
-        "s5n": c(
-            "s5cmd (matched, unsigned)",
-            "cmd",
-            ("s5cmd", "matched", "nosign"),
-            default_config=False,
-            hashing=False,
-        ),
+        "s5n": _tuned("s5cmd (matched, unsigned)", "cmd", ("s5cmd", "matched", "nosign")),
         "curl": c("curl -T", "cmd", ("curl",), hashing=False),
     }
 

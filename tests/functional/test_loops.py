@@ -174,6 +174,7 @@ async def test_a_cancelled_caller_returns_only_after_the_remote_puts_ended(
     monkeypatch.setattr(transport_module, "read_chunk", slow_read)
 
     async def failed(_: object, __: object, p: aiohttp.TraceRequestExceptionParams) -> None:
+        await asyncio.sleep(0.1)  # the cancelled PUT takes its time to end
         ended.append((threading.current_thread().name, returned.is_set()))
 
     trace = aiohttp.TraceConfig()
