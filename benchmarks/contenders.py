@@ -3,7 +3,8 @@
 Each run uploads the given file (or directory, for ``bulk``) to the benchmark endpoint and
 prints one JSON line ``{"seconds": ..., "bytes": ...}``: the time from the first byte of
 work (clients already constructed, interpreter and imports excluded) to the last answer.
-The harness measures peak RSS of the whole process from outside (``wait4``).
+The harness measures peak RSS of the whole process from outside (``VmHWM``); in the WAN
+cases it also times the whole process (start-up included) and keeps this line's time aside.
 
 ``--part-size`` and ``--concurrency`` are optional: without them each tool runs at its own
 defaults (the engine: adaptive concurrency, its default part size); the ceiling, the

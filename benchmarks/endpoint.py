@@ -544,6 +544,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--link-rate is one process's cap: use --workers 1")
     if min(args.delay_ms, args.connect_delay_ms) < 0:
         p.error("--delay-ms and --connect-delay-ms must not be negative")
+    if args.rcvbuf < 4096:
+        p.error(f"--rcvbuf must be at least 4096 bytes, got {args.rcvbuf}")
 
     sock = _listen(args.host, args.port, reuse_port=args.workers > 1)
     port = sock.getsockname()[1]

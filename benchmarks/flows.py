@@ -1,32 +1,27 @@
 """``python -m benchmarks.flows [--quick]``: the platforms' whole flows, control plane included.
 
-The data path alone (``benchmarks.run``) hides what a wide-area control plane costs. Here every
-run is a child process against a served sandbox of its own (``python -m engine.sandbox
---discard --control-latency S``: each GraphQL or REST request answered ``S`` seconds later, as a
-round trip to the platform would be), interleaved and repeated like ``benchmarks.run``, with
-each child's peak RSS (``benchmarks.run._PeakRSS``):
+Every run is a child process against a served sandbox (``python -m engine.sandbox --discard
+--control-latency S``: each GraphQL or REST request answered ``S`` seconds later, as a round trip
+to the platform would be), interleaved and repeated like ``benchmarks.run``, with each child's
+peak RSS (``benchmarks.run._PeakRSS``):
 
-- ``mp-flow-0ms`` / ``mp-flow-50ms``: one generated E57 (512 MiB; 128 MiB with ``--quick``)
-  through Matterport's whole flow (import session, file, a part URL per part, completeUpload,
-  commit), with no and with 50 ms of control-plane latency. Contenders: the engine at its
-  defaults (``upload-engine import DIR --to matterport ... --json``) and the guide's
-  part-by-part approach (``benchmarks.mp_guide``: per part requestPartUpload, then its PUT, one
-  after the other, 64 MiB parts). ``seconds`` runs from the child's spawn to the commit's answer
-  (start-up included; the engine's from its ``committed`` event, the guide's from its own
-  clock), GB/s is the file over that; ``wall`` is the whole process, the engine's wait for the
-  model included (the guide does not wait). ``vs_no_latency`` on the 50 ms rows is the issue's
-  ratio: the same contender's median GB/s at 50 ms over 0 ms (target >= 0.8 for the engine).
-- ``speckle-500``: 500 generated IFC files (4 to 100 KiB; 100 with ``--quick``) through
-  Speckle's flow (``upload-engine import DIR --to speckle ...``: model, upload URL, PUT,
-  ingestion, its status) with 50 ms of control-plane latency and the sandbox's public rate
-  limit on (50 requests a second per token plus a burst of 200 a minute, the real server's
-  default): the engine at its defaults against ``--files-at-once 1``. ``seconds`` is the
-  process wall (the wait for every ingestion included); the rows add the requests the sandbox
-  answered and how many were 429s.
+- ``mp-flow-0ms`` / ``mp-flow-50ms``: one generated E57 (512 MiB; 128 MiB quick) through
+  Matterport's whole flow, with no and with 50 ms of control-plane latency: the engine at its
+  defaults (``upload-engine import DIR --to matterport --json``) and the guide's part-by-part
+  approach (``benchmarks.mp_guide``, 64 MiB parts). ``seconds`` runs from the child's spawn to
+  the commit's answer (start-up included; the engine's ``committed`` event, the guide's own
+  clock); GB/s is the file over that; ``wall`` adds the engine's wait for the model.
+  ``vs_no_latency`` (50 ms rows): the contender's median GB/s at 50 ms over 0 ms (the issue's
+  target: >= 0.8 for the engine).
+- ``speckle-500``: 500 generated IFC files (4 to 100 KiB; 100 quick) through Speckle with 50 ms
+  of control-plane latency and the public rate limit on (the sandbox's default, the real
+  server's): the engine at its defaults against ``--files-at-once 1``, a fresh sandbox each (a
+  full limiter), one repetition. ``seconds`` is the process wall (every ingestion awaited);
+  the rows add the requests the sandbox answered and its 429s.
 
-Rows have ``benchmarks.run.summarize``'s shape plus ``median_seconds``, ``median_wall_seconds``,
-``control_latency_ms`` and the case's counters; :func:`run` returns them (for
-``benchmarks.run``), :func:`targets` gives the issue's verdict.
+Rows: ``benchmarks.run.summarize``'s shape plus ``median_seconds``, ``median_wall_seconds``,
+``control_latency_ms`` and the cases' counters; :func:`run` returns them, :func:`targets` gives
+the issue's verdict in ``benchmarks.report``'s form.
 """
 
 from __future__ import annotations
@@ -43,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -153,23 +149,16 @@ def build_flows(data: dict[str, Path]) -> list[Flow]:
 
 # ------------------------------------------------------------------------------------------
 # one run
-@dataclass
-class Served:
-    """A served sandbox: ``url`` and its counters."""
-
-    url: str
-
-    def stats(self) -> dict[str, Any]:
-        import urllib.request
-
-        with urllib.request.urlopen(f"{self.url}/_sandbox/stats", timeout=10) as r:
-            stats: dict[str, Any] = json.loads(r.read())
-        return stats
+def stats(url: str) -> dict[str, Any]:
+    """A served sandbox's counters."""
+    with urllib.request.urlopen(f"{url}/_sandbox/stats", timeout=10) as r:
+        counters: dict[str, Any] = json.loads(r.read())
+    return counters
 
 
 @contextmanager
-def served(latency: float, env: dict[str, str]) -> Iterator[Served]:
-    """``python -m engine.sandbox --port 0 --discard --control-latency S``."""
+def served(latency: float, env: dict[str, str]) -> Iterator[str]:
+    """``python -m engine.sandbox --port 0 --discard --control-latency S``: its URL."""
     argv = [PY, "-m", "engine.sandbox", "--port", "0", "--discard"]
     argv += ["--control-latency", str(latency)]
     proc = subprocess.Popen(
@@ -181,7 +170,7 @@ def served(latency: float, env: dict[str, str]) -> Iterator[Served]:
         line = proc.stdout.readline() if ready else ""
         if " listening on " not in line:
             raise RuntimeError(f"the sandbox did not start: {line!r}")
-        yield Served(line.split(" listening on ", 1)[1].split()[0])
+        yield line.split(" listening on ", 1)[1].split()[0]
     finally:
         proc.terminate()
         try:
@@ -226,32 +215,32 @@ def _spawn(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int, s
     return code, text[0], text[1], peak.kib / 1024
 
 
-def sandboxes(flow: Flow, env: dict[str, str]) -> Iterator[tuple[Contender, Served]]:
+def sandboxes(flow: Flow, env: dict[str, str]) -> Iterator[tuple[Contender, str]]:
     """Each contender of ``flow`` with its served sandbox: a fresh one each for Speckle (the
     rate limiter starts full for everyone), one for both for Matterport (no limiter)."""
     if flow.platform == "speckle":
         for who in flow.case.contenders:
-            with served(flow.latency, env) as sb:
-                yield who, sb
+            with served(flow.latency, env) as url:
+                yield who, url
         return
-    with served(flow.latency, env) as sb:
+    with served(flow.latency, env) as url:
         for who in flow.case.contenders:
-            yield who, sb
+            yield who, url
 
 
-def run_one(flow: Flow, who: Contender, sb: Served, env: dict[str, str], timeout: float) -> Sample:
+def run_one(flow: Flow, who: Contender, url: str, env: dict[str, str], timeout: float) -> Sample:
     s = Sample(flow.case.id, who.name, 0, ok=False)
     with tempfile.TemporaryDirectory(prefix="flows-") as state:
-        before = sb.stats()
+        before = stats(url)
         spawned = time.time()
         code, out, err, s.rss_mib = _spawn(
-            contender_argv(flow, who, sb.url, Path(state)), env, timeout
+            contender_argv(flow, who, url, Path(state)), env, timeout
         )
         s.wall = time.time() - spawned
-        after = sb.stats()
+        after = stats(url)
     if code != 0:
-        s.error = (err.strip().splitlines() or out.strip().splitlines() or [f"exit {code}"])[-1]
-        s.error = s.error[:300]
+        lines = err.strip().splitlines() or out.strip().splitlines() or [f"exit {code}"]
+        s.error = f"killed after {timeout:g} s" if s.wall >= timeout else lines[-1][:300]
         return s
     try:
         s.extra = _measure(flow, who, out, spawned, s.wall, before, after)
@@ -270,10 +259,6 @@ def run_one(flow: Flow, who: Contender, sb: Served, env: dict[str, str], timeout
 
 def _records(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-
-def _ts(record: dict[str, Any]) -> float:
-    return datetime.datetime.fromisoformat(record["ts"]).timestamp()
 
 
 def _measure(
@@ -300,8 +285,9 @@ def _measure(
         if plane == "speckle":
             return _speckle(flow, wall, was, now)
         (commit,) = (r for r in records if r.get("message", "").endswith(" committed"))
-        started = next(r for r in records if r["type"] == "FileStarted")
-        m = {"seconds": _ts(commit) - spawned, "parts": started["parts"]}
+        (parts,) = {r["parts"] for r in records if r["type"] == "FileStarted"}
+        committed = datetime.datetime.fromisoformat(commit["ts"]).timestamp()
+        m = {"seconds": committed - spawned, "parts": parts}
         m["model_wait_seconds"] = wall - m["seconds"]
     if now["committed"] - was["committed"] != 1:
         raise ValueError("the sandbox holds no new committed import session")
@@ -362,8 +348,8 @@ def measure(
         for group in ([f for f in flows if f.platform == p] for p in ("matterport", "speckle")):
             for rep in range(reps):
                 for flow in (f for f in group if rep < (f.case.reps or reps)):
-                    for who, sb in sandboxes(flow, env):
-                        s = run_one(flow, who, sb, env, timeout)
+                    for who, url in sandboxes(flow, env):
+                        s = run_one(flow, who, url, env, timeout)
                         s.rep = rep
                         samples.append(s)
                         if log:
@@ -399,18 +385,11 @@ def rows_of(samples: Sequence[Sample], flows: Sequence[Flow]) -> list[dict[str, 
         for key in (*keys, "rate_limited", "files_per_second"):
             if any(key in s.extra for s in ok):
                 row[f"median_{key}"] = _median(ok, key)
-    for row in rows:
-        if row["case"].startswith("mp-flow-") and not row["case"].endswith("-0ms"):
-            base = next(
-                (
-                    r
-                    for r in rows
-                    if r["case"] == "mp-flow-0ms" and r["contender"] == row["contender"]
-                ),
-                None,
-            )
-            if base and base["median_gbps"] and row["median_gbps"]:
-                row["vs_no_latency"] = row["median_gbps"] / base["median_gbps"]
+    no_latency = {r["contender"]: r for r in rows if r["case"] == "mp-flow-0ms"}
+    for row in (r for r in rows if r["case"].startswith("mp-flow-") and r["control_latency_ms"]):
+        base = no_latency.get(row["contender"])
+        if base and base["median_gbps"] and row["median_gbps"]:
+            row["vs_no_latency"] = row["median_gbps"] / base["median_gbps"]
     return rows
 
 
@@ -436,8 +415,22 @@ def targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+_COLUMNS = {  # the extra columns of each case's table: header, row key, format
+    "mp": (
+        ("parts", "median_parts", ".0f"),
+        ("GraphQL calls", "median_operations", ".0f"),
+        ("vs 0 ms", "vs_no_latency", ".2f"),
+    ),
+    "speckle": (
+        ("requests", "median_requests", ".0f"),
+        ("429s", "median_rate_limited", ".0f"),
+        ("files/s", "median_files_per_second", ".1f"),
+    ),
+}
+
+
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
-    """One table per case, with this module's columns."""
+    """One table per case, with this module's columns, then the target."""
 
     def f(v: Any, spec: str = ".2f") -> str:
         return "—" if v is None else format(v, spec)
@@ -445,26 +438,16 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     lines: list[str] = []
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = [r for r in rows if r["case"] == case]
-        speckle = case.startswith("speckle")
-        extra = "requests | 429s | files/s" if speckle else "parts | GraphQL calls | vs 0 ms"
+        columns = _COLUMNS[case.split("-")[0]]
+        head = " | ".join(c[0] for c in columns)
         lines += [f"#### {mine[0]['label']}", ""]
-        lines.append(f"| contender | median GB/s | seconds | wall s | peak RSS MiB | {extra} |")
-        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        lines.append(f"| contender | median GB/s | seconds | wall s | peak RSS MiB | {head} |")
+        lines.append("| --- " + "| ---: " * (4 + len(columns)) + "|")
         for r in mine:
             if r["median_gbps"] is None:
-                lines.append(f"| {r['contender']} | failed: {r['error'][:80]} |||||||")
+                lines.append(f"| {r['contender']} | failed: {r['error'][:80]} |")
                 continue
-            if speckle:
-                tail = (
-                    f"{f(r.get('median_requests'), '.0f')} | "
-                    f"{f(r.get('median_rate_limited'), '.0f')} | "
-                    f"{f(r.get('median_files_per_second'), '.1f')}"
-                )
-            else:
-                tail = (
-                    f"{f(r.get('median_parts'), '.0f')} | {f(r.get('median_operations'), '.0f')} | "
-                    f"{f(r.get('vs_no_latency'))}"
-                )
+            tail = " | ".join(f(r.get(key), spec) for _, key, spec in columns)
             lines.append(
                 f"| {r['contender']} | {f(r['median_gbps'], '.3f')} | {f(r['median_seconds'])} | "
                 f"{f(r['median_wall_seconds'])} | {f(r['max_rss_mib'], '.0f')} | {tail} |"
@@ -489,14 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     reps = args.reps or (1 if args.quick else 3)
     started = time.time()
     mp_size = args.mp_mib * MiB if args.mp_mib else None
-    samples, flows = measure(
-        args.quick,
-        reps,
-        data=args.data,
-        mp_size=mp_size,
-        ifc_files=args.ifc_files,
-        timeout=args.timeout,
-    )
+    options = {"data": args.data, "mp_size": mp_size, "ifc_files": args.ifc_files}
+    samples, flows = measure(args.quick, reps, timeout=args.timeout, **options)
     rows = rows_of(samples, flows)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     result = {

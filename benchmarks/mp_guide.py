@@ -97,8 +97,12 @@ def upload(args: argparse.Namespace) -> dict[str, Any]:
             grant = g.call(REQUEST_PART_UPLOAD, {**file, "part": part, "size": len(data)})
             grant = grant["requestPartUpload"]
             headers = {h["key"]: h["value"] for h in grant["headers"] or []}
-            r = g.storage.request(grant["method"], grant["url"], data=data, headers=headers)
-            r.raise_for_status()
+            try:  # errors name the part, never the presigned URL (its signature)
+                r = g.storage.request(grant["method"], grant["url"], data=data, headers=headers)
+            except requests.RequestException as exc:
+                raise SystemExit(f"PUT of part {part}: {type(exc).__name__}") from None
+            if not r.ok:
+                raise SystemExit(f"PUT of part {part}: HTTP {r.status_code}")
             completed.append({"headers": [{"key": "ETag", "value": r.headers["ETag"]}]})
     g.call(COMPLETE_UPLOAD, {**file, "completedParts": completed})
     g.call(COMMIT_IMPORT_SESSION, {"importSessionId": session})

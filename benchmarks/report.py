@@ -349,6 +349,8 @@ def _sweep_panel(ax2: Any, rows: list[Row]) -> None:
             label=f"RSS, part {part} MiB",
         )
     ax2.set_xscale("log", base=2)
+    ticks = sorted({r["concurrency"] for r in sweep})
+    ax2.set_xticks(ticks, [str(t) for t in ticks])
     ax2.set_xlabel("concurrency (engine, multipart, HTTP, ETag check on)")
     ax2.set_ylabel("GB/s")
     ax3.set_ylabel("peak RSS MiB")

@@ -96,6 +96,8 @@ class Relay:
             src.close()
 
     def close(self) -> None:
+        with suppress(OSError):  # wakes the accepting thread (Linux), which then ends
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
 
 

@@ -1,9 +1,11 @@
 """Frozen, validated configuration of one engine instance.
 
 Units are bytes and seconds throughout. Peak memory of the data path is bounded by
-``budget * effective_chunk * 2`` (one chunk being read while the previous one sits in the
-socket's write buffer), independent of part size and file size: the chunk shrinks as the
-number of PUTs in flight grows, so that the bound stays within ``memory_budget``.
+``budget * effective_chunk * 4``, independent of part size and file size: over TLS a PUT
+holds about four chunks at once (the chunk read, its encrypted copy, the part of it the
+socket has not taken yet, and the next chunk being read), over plain HTTP two. The chunk
+shrinks as the number of PUTs in flight grows, so that the bound stays within
+``memory_budget``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 _MIN_CHUNK = 64 * KiB
+_CHUNKS_HELD = 4  # per PUT over TLS, at most (see the module docstring)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -60,7 +63,7 @@ class UploadConfig:
     max_concurrency: int = 64
     part_size: int = 64 * MiB
     chunk_size: int = 1 * MiB
-    memory_budget: int = 48 * MiB
+    memory_budget: int = 32 * MiB
     data_loops: int | None = None
     max_attempts: int = 8
     backoff_base: float = 0.25
@@ -112,10 +115,10 @@ class UploadConfig:
     def effective_chunk(self) -> int:
         """The chunk each PUT reads at a time: ``chunk_size``, shrunk (to a multiple of 64 KiB,
         not below it) so that ``budget`` PUTs hold at most ``memory_budget`` bytes."""
-        share = self.memory_budget // (2 * self.budget)
+        share = self.memory_budget // (_CHUNKS_HELD * self.budget)
         return max(_MIN_CHUNK, min(self.chunk_size, share // _MIN_CHUNK * _MIN_CHUNK))
 
     @property
     def memory_ceiling(self) -> int:
         """Upper bound in bytes of file data the data path holds at once."""
-        return self.budget * self.effective_chunk * 2
+        return self.budget * self.effective_chunk * _CHUNKS_HELD

@@ -1,9 +1,10 @@
 """Data event loops in threads: HTTPS PUTs on more than one core.
 
-On one event loop every byte of every HTTPS PUT is encrypted, and hashed, in that loop's
-thread: TLS caps it near one core however many connections are open. ``DataLoops`` runs
+On one event loop every byte of every HTTPS PUT is encrypted, and copied in and out of the
+TLS layer, in that loop's thread (reads and MD5 already run in worker threads): TLS caps it
+near one core however many connections are open. ``DataLoops`` runs
 ``engine.transport.put_range`` on N more loops, each in a thread of its own; OpenSSL and
-hashlib release the GIL while they work, so encryption and MD5 proceed on several cores.
+hashlib release the GIL while they work, so TLS proceeds on several cores at once.
 
 Rules:
 - only the bytes move: the caller's loop keeps the scheduler, the limiter (one budget: the
@@ -20,8 +21,8 @@ Rules:
 - a cancelled caller cancels the remote PUT and returns (raising) only once its
   ``put_range`` has ended, which closes its connection: no byte of it can reach the wire
   afterwards, and it starts no new read of the file descriptor, which is the caller's, closed
-  once the file is done. (A read already in a worker thread when aiohttp cancelled its body
-  writer may still finish later, as on one loop; what it reads is dropped, never sent.);
+  once the file is done. A read already in a worker thread when aiohttp cancelled its body
+  writer may still finish later, as on one loop: what it reads is dropped, never sent;
 - threads start with the first PUT taken (a plain-HTTP run starts none); ``aclose`` closes
   each session on its own loop (with the TLS close grace) and joins the threads;
 - each loop is the stock asyncio loop: the library never picks a loop for its caller.
@@ -261,7 +262,7 @@ class _Loop:
         )
 
     async def put(self, put: _Put, on_progress: Callable[[int], None]) -> PutOutcome:
-        """``put`` on this loop, awaited from the caller's loop."""
+        """Make ``put`` on this loop; awaited on the caller's loop."""
         call = _Call(asyncio.get_running_loop(), on_progress)
         self.in_flight += 1
         self.puts += 1

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -29,9 +29,11 @@ import pytest
 from engine import (
     BytesSent,
     Event,
+    FileStarted,
     PartRejectedError,
     PartRetry,
     RetriesExhaustedError,
+    SourceChangedError,
     UploadConfig,
     Uploader,
 )
@@ -42,6 +44,9 @@ from engine.loops import AUTO_LOOPS, DataLoops, connection_shares, loop_count
 from engine.models import FileInfo, PresignedRemote
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.server import Sandbox, SandboxConfig
+from engine.source import read_chunk as real_read
+from engine.transfer import PartPut
+from engine.transport import PutOutcome
 from tests.integration.conftest import PrivateCA, _write_ca
 from tests.integration.test_s3_https import tls_proxy
 
@@ -144,8 +149,19 @@ async def test_plain_http_and_one_loop_start_no_thread(
     assert set(seen) == {threading.current_thread().name}
 
 
-async def test_a_callers_session_or_a_bwlimit_keeps_every_put_on_the_callers_loop() -> None:
+class _Elsewhere:
+    """A ``PartSender`` that is never asked to send (no file is uploaded here)."""
+
+    slots = 2
+
+    async def send(self, put: PartPut, on_progress: Callable[[int], None]) -> PutOutcome:
+        raise AssertionError("not called")
+
+
+async def test_a_callers_session_a_sender_or_a_bwlimit_keep_every_put_on_the_callers_loop() -> None:
     async with aiohttp.ClientSession() as session, Uploader(cfg(None), session=session) as up:
+        assert up._loops is None
+    async with Uploader(cfg(None, data_loops=2), sender=_Elsewhere()) as up:
         assert up._loops is None
     async with Uploader(cfg(None, data_loops=2, bwlimit=1e9)) as up:
         assert up._loops is None
@@ -164,7 +180,6 @@ async def test_a_cancelled_caller_returns_only_after_the_remote_puts_ended(
     returned = threading.Event()  # set once the cancelled upload is back in the caller
     ended: list[tuple[str, bool]] = []  # (thread, after the caller was back) per PUT's end
     began: list[tuple[bool, int]] = []  # per read: (after the caller was back, PUTs ended)
-    real_read = transport_module.read_chunk
 
     def slow_read(fd: int, n: int, offset: int, md5: Any) -> bytes:
         began.append((returned.is_set(), len(ended)))
@@ -250,6 +265,28 @@ async def test_an_untrusted_certificate_is_refused_at_once_as_on_one_loop(
     two = await _failure(sb, src, cfg(None, data_loops=2))
     assert one == two
     assert "TLS certificate of 127.0.0.1 is not trusted" in one[0] and one[1] == []
+
+
+async def _shrunk(sb: Sandbox, src: Path, config: UploadConfig) -> str:
+    """The error of an upload whose file loses its tail once the upload has begun."""
+
+    def on_event(e: Event) -> None:
+        if isinstance(e, FileStarted):
+            os.truncate(src, PART // 2)
+
+    async with Uploader(config, on_event=on_event) as up:
+        with pytest.raises(SourceChangedError) as failed:
+            await up.upload(src, sandbox_target(sb, FileInfo.of(src)))
+    return str(failed.value)
+
+
+async def test_a_source_error_on_a_data_loop_fails_the_file_as_on_one_loop(
+    sb: Sandbox, tmp_path: Path, ca: PrivateCA
+) -> None:
+    one = await _shrunk(sb, source(tmp_path, PART, "one.e57"), cfg(ca, data_loops=1))
+    two = await _shrunk(sb, source(tmp_path, PART, "two.e57"), cfg(ca, data_loops=2))
+    assert one.replace("one.e57", "two.e57") == two
+    assert "shorter than planned" in two
 
 
 @pytest.mark.parametrize(

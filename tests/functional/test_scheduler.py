@@ -32,6 +32,7 @@ from engine.models import PartResult
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.server import Sandbox, SandboxConfig
 from engine.target import TargetContext
+from engine.window import START
 from tests.functional.test_transfer import md5, write
 
 pytestmark = pytest.mark.anyio
@@ -192,7 +193,7 @@ async def test_the_window_grows_where_more_connections_bring_more_goodput(
         result = await up.upload(src, Recorded(sb, "uploads/grow.e57"))
     assert result.remote.ids["md5"] == md5(src)
     grown = sizes(events)
-    assert grown and max(grown) > 8, grown
+    assert grown and max(grown) > START, grown
     assert max(grown) <= 32
     assert all(isinstance(e, PartResult) for e in result.parts)
 
@@ -203,10 +204,10 @@ async def test_the_window_halves_when_the_store_pushes_back(sb: Sandbox, tmp_pat
     events: list[Event] = []
     async with Uploader(cfg(), on_event=events.append, clock=FakeClock()) as up:
         result = await up.upload(src, Recorded(sb, "uploads/slow.e57"))
-        assert up.connections[1] < 8  # the window it ended with
+        assert up.connections[1] < START  # the window it ended with
     assert result.remote.ids["md5"] == md5(src)
     shrunk = [e for e in events if isinstance(e, Concurrency)]
-    assert shrunk and shrunk[0].size == 4 and "SlowDown" in shrunk[0].why
+    assert shrunk and shrunk[0].size == START // 2 and "SlowDown" in shrunk[0].why
     assert all(e.why.startswith("pushed back") for e in shrunk)
     assert [e.size for e in shrunk] == sorted((e.size for e in shrunk), reverse=True)
     assert min(e.size for e in shrunk) >= 1

@@ -126,13 +126,14 @@ def test_the_profiles_ca_bundle_is_trusted(
 
 
 @pytest.mark.usefixtures("untrusted")
+@pytest.mark.parametrize("data_loops", [1, 2])  # the caller's loop, or two in threads
 def test_an_explicit_ca_bundle_wins_over_every_variable(
-    tmp_path: Path, https: str, tls_bucket: str, private_ca: PrivateCA
+    tmp_path: Path, https: str, tls_bucket: str, private_ca: PrivateCA, data_loops: int
 ) -> None:
-    data = os.urandom(PART + 99)
+    data = os.urandom(3 * PART + 99)
     (tmp_path / "x.e57").write_bytes(data)
     target = S3Target(tls_bucket, "x.e57", endpoint_url=https)
-    _upload(tmp_path / "x.e57", target, ca_bundle=str(private_ca.ca))
+    _upload(tmp_path / "x.e57", target, ca_bundle=str(private_ca.ca), data_loops=data_loops)
     _arrived(https, private_ca, tls_bucket, "x.e57", data)
 
 

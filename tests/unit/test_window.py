@@ -20,8 +20,8 @@ def feed(ramp: Ramp, rate: float) -> int | None:
 
 
 def test_slow_start_doubles_while_goodput_grows_and_stops_at_the_knee() -> None:
-    ramp = Ramp(ceiling=64)
-    assert ramp.size == START == 8
+    assert Ramp(ceiling=64).size == START == 16
+    ramp = Ramp(ceiling=64, size=8)
     assert feed(ramp, 100.0) == 16  # the first sample starts the first probe
     assert feed(ramp, 180.0) == 32  # +80 %: kept, and doubled again at once
     assert feed(ramp, 185.0) == 16  # +3 %: the knee; back to the size that paid
@@ -48,8 +48,7 @@ def test_congestion_halves_and_never_goes_below_one() -> None:
 
 
 def test_the_ceiling_is_never_passed() -> None:
-    ramp = Ramp(ceiling=12)
-    assert ramp.size == 8
+    ramp = Ramp(ceiling=12, size=8)
     assert feed(ramp, 100.0) == 12
     assert feed(ramp, 500.0) is None  # at the ceiling: nothing more to probe
     assert Ramp(ceiling=3).size == 3
@@ -84,7 +83,7 @@ async def test_the_window_samples_acknowledged_parts_only_while_every_slot_is_bu
     window.stored(10_000_000)
     assert changes == []  # not full: no sample began
     async with window.limiter:
-        pass  # one slot busy of eight: still not full
+        pass  # one slot busy of sixteen: still not full
     window.stored(1)
     assert changes == []
     borrowers = [object() for _ in range(window.size)]
@@ -92,12 +91,12 @@ async def test_the_window_samples_acknowledged_parts_only_while_every_slot_is_bu
         window.limiter.acquire_on_behalf_of_nowait(b)
     window.stored(0)  # full: a sample begins
     now[0] = 1.5
-    for _ in range(3):
-        window.stored(10_000_000)
-    assert changes == []  # 0.5 s, but 3 parts: fewer than half a window (4)
-    window.stored(20_000_000)
-    assert changes == [(16, "goodput 100 MB/s")]
-    assert window.size == 16
+    for _ in range(7):
+        window.stored(5_000_000)
+    assert changes == []  # 0.5 s, but 7 parts: fewer than half a window (8)
+    window.stored(15_000_000)
+    assert changes == [(32, "goodput 100 MB/s")]
+    assert window.size == 32
     for b in borrowers:
         window.limiter.release_on_behalf_of(b)
 
@@ -118,10 +117,10 @@ async def test_one_halving_per_sample_for_a_burst_of_failures() -> None:
     )
     for _ in range(5):
         window.pushed_back(Verdict("transient", "HTTP 503 SlowDown"))
-    assert sizes == [4]
+    assert sizes == [START // 2]
     now[0] = 1.0
     window.pushed_back(Verdict("transient", "HTTP 503 SlowDown"))
-    assert sizes == [4, 2]
+    assert sizes == [START // 2, START // 4]
 
 
 def test_the_budget_and_the_chunk_that_keeps_memory_within_it() -> None:
