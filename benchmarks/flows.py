@@ -27,6 +27,7 @@ the issue's verdict in ``benchmarks.report``'s form.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -161,24 +162,20 @@ def served(latency: float, env: dict[str, str]) -> Iterator[str]:
     """``python -m engine.sandbox --port 0 --discard --control-latency S``: its URL."""
     argv = [PY, "-m", "engine.sandbox", "--port", "0", "--discard"]
     argv += ["--control-latency", str(latency)]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=ROOT.parent, text=True
-    )
-    assert proc.stdout is not None
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        line = proc.stdout.readline() if ready else ""
-        if " listening on " not in line:
-            raise RuntimeError(f"the sandbox did not start: {line!r}")
-        yield line.split(" listening on ", 1)[1].split()[0]
-    finally:
-        proc.terminate()
+    out = subprocess.PIPE
+    with subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL, env=env, text=True) as proc:
+        assert proc.stdout is not None
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            line = proc.stdout.readline() if ready else ""
+            if " listening on " not in line:
+                raise RuntimeError(f"the sandbox did not start: {line!r}")
+            yield line.split(" listening on ", 1)[1].split()[0]
+        finally:  # SIGTERM stops the sandbox cleanly; leaving the Popen block waits for it
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            proc.kill()  # a no-op once it has exited
 
 
 def contender_argv(flow: Flow, who: Contender, url: str, state: Path) -> list[str]:
@@ -476,22 +473,13 @@ def main(argv: list[str] | None = None) -> int:
     samples, flows = measure(args.quick, reps, timeout=args.timeout, **options)
     rows = rows_of(samples, flows)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    result = {
-        "timestamp": stamp,
-        "machine": machine(),
-        "quick": args.quick,
-        "reps": reps,
-        "seconds": time.time() - started,
-        "summary": rows,
-        "targets": targets(rows),
-        "samples": [asdict(s) for s in samples],
-    }
+    result = {"timestamp": stamp, "machine": machine(), "quick": args.quick, "reps": reps}
+    result.update(seconds=time.time() - started, summary=rows, targets=targets(rows))
+    result["samples"] = [asdict(s) for s in samples]  # run.py's result file, its own cases
     args.out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=1)
-    (args.out / f"flows-{stamp}.json").write_text(text)
-    (args.out / "flows-latest.json").write_text(text)
-    print()
-    print(markdown(rows))
+    for name in (f"flows-{stamp}.json", "flows-latest.json"):
+        (args.out / name).write_text(json.dumps(result, indent=1))
+    print(f"\n{markdown(rows)}")
     return 0 if all(r["failures"] == 0 for r in rows) else 1
 
 

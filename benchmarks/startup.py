@@ -14,9 +14,10 @@ page cache, as a user's second run has them):
   ``benchmarks.endpoint`` process, through a loopback relay here that notes when the first
   request byte arrives: ``first byte`` is spawn to that byte, ``whole run`` spawn to exit.
 
-Rows (``case`` ``"startup"``): ``contender``, ``runs``, ``failures``, ``error`` and the median,
-min and max seconds; :func:`targets` gives the issue's verdict (``upload-engine --help``
-under 0.12 s on this machine).
+Rows (``case`` ``"startup"``): ``contender``, ``runs``, ``failures``, ``error``, the median, min
+and max seconds, and the median CPU seconds of the process (user + system: what the run costs
+the machine, steadier than the wall time when other work shares the cores). :func:`targets`
+gives the issue's verdict (``upload-engine --help`` under 0.12 s on this machine).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -54,7 +56,8 @@ COMMANDS: dict[str, list[str]] = {
     "from engine import Uploader": [PY, "-c", "from engine import Uploader"],
 }
 
-Timing = dict[str, float]  # contender -> seconds, of one round
+#: one round: each row's wall seconds and CPU seconds (user + system; None: not its own)
+Timing = dict[str, tuple[float, float | None]]
 
 
 class Relay:
@@ -147,16 +150,23 @@ def _env(home: Path, source: Path) -> dict[str, str]:
     return env
 
 
-def _run(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Run ``argv`` to its end (a failure raises, with its stderr); its spawn and exit times.
-    The working directory is a scratch one, so ``python -m`` finds ``engine`` where
-    ``PYTHONPATH`` says, not in the harness's checkout."""
-    started = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds of the children waited for so far (one runs at a time: the difference
+    around a run is its own; the endpoint, never waited for until the end, is not counted)."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def _run(argv: list[str], env: dict[str, str]) -> tuple[float, float, float]:
+    """Run ``argv`` to its end (a failure raises, with its stderr); its spawn and exit times
+    and its CPU seconds. The working directory is a scratch one, so ``python -m`` finds
+    ``engine`` where ``PYTHONPATH`` says, not in the harness's checkout."""
+    cpu, started = _cpu(), time.perf_counter()
     subprocess.run(
         argv, env=env, cwd=env["XDG_STATE_HOME"], stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True, check=True, timeout=120,
     )  # fmt: skip
-    return started, time.perf_counter()
+    return started, time.perf_counter(), _cpu() - cpu
 
 
 #: one contender's run: the rows it gives, and what runs it (its argument: the repetition)
@@ -165,8 +175,8 @@ Run = tuple[tuple[str, ...], Callable[[int], Timing]]
 
 def _plain(name: str, argv: list[str], env: dict[str, str]) -> Run:
     def run(rep: int) -> Timing:
-        started, ended = _run(argv, env)
-        return {name: ended - started}
+        started, ended, cpu = _run(argv, env)
+        return {name: (ended - started, cpu)}
 
     return (name,), run
 
@@ -178,10 +188,10 @@ def _s3_upload(relay: Relay, data: Path, env: dict[str, str], tag: str) -> Run:
         argv = [SCRIPT, "upload", str(data), "--to", f"s3://bench/startup-{rep}.bin",
                 "--endpoint-url", f"http://127.0.0.1:{relay.port}"]  # fmt: skip
         relay.reset()
-        started, ended = _run(argv, env)
+        started, ended, cpu = _run(argv, env)
         if relay.first is None:
             raise RuntimeError("the upload sent no byte to the endpoint")
-        return {first: relay.first - started, whole: ended - started}
+        return {first: (relay.first - started, None), whole: (ended - started, cpu)}
 
     return (first, whole), run
 
@@ -226,7 +236,11 @@ def measure(reps: int, baseline: Path | None = None) -> list[dict[str, Any]]:
     return [_row(name, [r[name] for r in rounds if name in r], reps, errors) for name in names]
 
 
-def _row(name: str, seconds: list[float], reps: int, errors: dict[str, str]) -> dict[str, Any]:
+def _row(
+    name: str, timings: list[tuple[float, float | None]], reps: int, errors: dict[str, str]
+) -> dict[str, Any]:
+    seconds = [wall for wall, _ in timings]
+    cpu = [c for _, c in timings if c is not None]
     return {
         "case": "startup",
         "label": "Start-up: fresh processes, spawn to exit (first byte: to the endpoint)",
@@ -237,6 +251,7 @@ def _row(name: str, seconds: list[float], reps: int, errors: dict[str, str]) -> 
         "median_seconds": statistics.median(seconds) if seconds else None,
         "min_seconds": min(seconds) if seconds else None,
         "max_seconds": max(seconds) if seconds else None,
+        "median_cpu_seconds": statistics.median(cpu) if cpu else None,
     }
 
 
@@ -265,15 +280,15 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     def f(v: float | None) -> str:
         return "—" if v is None else f"{v:.3f}"
 
-    lines = [f"#### {rows[0]['label']}", "", "| contender | median s | min–max s |"]
-    lines.append("| --- | ---: | ---: |")
+    lines = [f"#### {rows[0]['label']}", "", "| contender | median s | min–max s | CPU s |"]
+    lines.append("| --- | ---: | ---: | ---: |")
     for r in rows:
         if r["median_seconds"] is None:
-            lines.append(f"| {r['contender']} | failed: {r['error'][:80]} | |")
+            lines.append(f"| {r['contender']} | failed: {r['error'][:80]} | | |")
             continue
         lines.append(
             f"| {r['contender']} | {f(r['median_seconds'])} | "
-            f"{f(r['min_seconds'])}–{f(r['max_seconds'])} |"
+            f"{f(r['min_seconds'])}–{f(r['max_seconds'])} | {f(r['median_cpu_seconds'])} |"
         )
     for t in targets(rows):
         met = "met" if t["met"] else "NOT met"

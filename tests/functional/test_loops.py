@@ -40,7 +40,7 @@ from engine import (
 from engine import transport as transport_module
 from engine.cli.destinations import sandbox_target
 from engine.clock import FakeClock
-from engine.loops import AUTO_LOOPS, DataLoops, connection_shares, loop_count
+from engine.loops import _READ_THREADS, AUTO_LOOPS, DataLoops, connection_shares, loop_count
 from engine.models import FileInfo, PresignedRemote
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.server import Sandbox, SandboxConfig
@@ -131,6 +131,31 @@ async def test_an_https_multipart_upload_uses_both_loops_and_arrives_byte_identi
     assert not any(t.is_alive() for t in loops.threads)  # joined by __aexit__
 
 
+async def test_each_data_loop_reads_in_a_few_threads(
+    sb: Sandbox, tmp_path: Path, ca: PrivateCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = source(tmp_path, 16 * PART)
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def slow_read(fd: int, n: int, offset: int, md5: Any) -> bytes:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)  # long enough for every PUT in flight to want a read at once
+        try:
+            return real_read(fd, n, offset, md5)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(transport_module, "read_chunk", slow_read)
+    async with Uploader(cfg(ca, data_loops=2, concurrency=16)) as up:
+        result = await up.upload(src, sandbox_target(sb, FileInfo.of(src)))
+    assert isinstance(result.remote, PresignedRemote)
+    assert result.remote.ids["md5"] == hashlib.md5(src.read_bytes()).hexdigest()
+    assert most[0] == 2 * _READ_THREADS  # 16 PUTs in flight, 8 on each loop
+
+
 async def test_plain_http_and_one_loop_start_no_thread(
     sb: Sandbox, tmp_path: Path, ca: PrivateCA
 ) -> None:
@@ -158,7 +183,7 @@ class _Elsewhere:
         raise AssertionError("not called")
 
 
-async def test_a_callers_session_a_sender_or_a_bwlimit_keep_every_put_on_the_callers_loop() -> None:
+async def test_a_callers_session_a_sender_or_a_bwlimit_keep_puts_on_the_callers_loop() -> None:
     async with aiohttp.ClientSession() as session, Uploader(cfg(None), session=session) as up:
         assert up._loops is None
     async with Uploader(cfg(None, data_loops=2), sender=_Elsewhere()) as up:

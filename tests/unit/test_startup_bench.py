@@ -17,6 +17,9 @@ def test_one_repetition_of_every_contender() -> None:
     assert all(r["failures"] == 0 and r["median_seconds"] > 0 for r in rows), rows
     by_name = {r["contender"]: r["median_seconds"] for r in rows}
     assert by_name[startup.FIRST_BYTE] < by_name[startup.WHOLE_RUN]
+    cpu = {r["contender"]: r["median_cpu_seconds"] for r in rows}
+    assert cpu.pop(startup.FIRST_BYTE) is None  # not a process of its own
+    assert all(seconds > 0 for seconds in cpu.values()), cpu
     (target,) = startup.targets(rows)
     assert target["value"] == by_name["upload-engine --help"]
     assert "upload-engine --help" in startup.markdown(rows)
