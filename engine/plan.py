@@ -7,7 +7,9 @@ Invariants of every plan returned by ``plan_parts``:
   ``limits.min_size``; all parts but the last have the same size;
 - there are at most ``limits.max_parts`` parts; a ``single`` target gets exactly one;
 - with ``fill=n`` a file has at least ``n`` parts where the part size may shrink that far
-  (never below ``limits.min_size``, in whole MiB): enough parts to keep ``n`` connections busy.
+  (in whole MiB, never below ``FILL_FLOOR`` nor ``limits.min_size``): enough parts to keep
+  ``n`` connections busy, without parts so small that their requests (and, on Matterport,
+  a URL round trip each) cost more than their bytes.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 from engine.errors import ConfigError, TooLargeError
 from engine.models import PartLimits, PartSpec
 
-__all__ = ["S3_LIMITS", "choose_part_size", "plan_parts"]
+__all__ = ["FILL_FLOOR", "S3_LIMITS", "choose_part_size", "plan_parts"]
 
 S3_LIMITS = PartLimits()
 _MiB = 1024 * 1024
+#: filling connections never shrinks a part below this
+FILL_FLOOR = 8 * _MiB
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -41,7 +45,8 @@ def choose_part_size(
             f"{limits.max_size} bytes; the target cannot hold this file"
         )
     if fill > 1 and size > 0:
-        preferred = min(preferred, _ceil_div(_ceil_div(size, fill), _MiB) * _MiB)
+        share = _ceil_div(_ceil_div(size, fill), _MiB) * _MiB
+        preferred = min(preferred, max(share, FILL_FLOOR))
     part = min(max(preferred, limits.min_size, 1), limits.max_size)
     if size > 0 and _ceil_div(size, part) > limits.max_parts:
         needed = _ceil_div(size, limits.max_parts)

@@ -29,6 +29,7 @@ from engine import (
 from engine.clock import FakeClock
 from engine.events import Concurrency
 from engine.models import PartResult
+from engine.plan import FILL_FLOOR
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.server import Sandbox, SandboxConfig
 from engine.target import TargetContext
@@ -108,7 +109,7 @@ async def test_part_urls_are_asked_for_ahead_and_outside_the_put_slots(
 async def test_a_rerun_plans_the_journaled_ranges_whatever_the_window(
     sb: Sandbox, tmp_path: Path
 ) -> None:
-    src = write(tmp_path / "plan.e57", 12 * MiB)
+    src = write(tmp_path / "plan.e57", 48 * MiB)
     journal = tmp_path / "journal.jsonl"
     target = Recorded(sb, "uploads/plan.e57")
     first: list[PartDone] = []
@@ -118,31 +119,30 @@ async def test_a_rerun_plans_the_journaled_ranges_whatever_the_window(
             first.append(e)
             scope.cancel()
 
-    # A fixed window of 2 plans the file in two parts of 6 MiB (enough to fill 2 slots) ...
-    async with Uploader(
-        cfg(concurrency=2, part_size=8 * MiB), on_event=stop_after_one, journal=journal
-    ) as up:
+    # A fixed window of 2 plans the file in two parts of 24 MiB (enough to fill 2 slots) ...
+    config = cfg(concurrency=2, part_size=32 * MiB)
+    async with Uploader(config, on_event=stop_after_one, journal=journal) as up:
         target.uploader = up
         with anyio.CancelScope() as scope:
             await up.upload(src, target)
-    assert [e.size for e in first] == [6 * MiB]
-    # ... and a rerun with the adaptive window, which would plan parts of 1 MiB to fill 64
-    # connections, plans the same ranges, so that the part stored before still counts.
+    assert [e.size for e in first] == [24 * MiB]
+    # ... and a rerun with the adaptive window, which would plan parts of 8 MiB to fill twice
+    # its 16 slots, plans the same ranges, so that the part stored before still counts.
     started: list[Event] = []
-    async with Uploader(cfg(part_size=8 * MiB), on_event=started.append, journal=journal) as up:
+    async with Uploader(cfg(part_size=32 * MiB), on_event=started.append, journal=journal) as up:
         target.uploader = up
         result = await up.upload(src, target)
     assert result.remote.ids["md5"] == md5(src)
-    assert [p.size for p in result.parts] == [6 * MiB, 6 * MiB]
+    assert [p.size for p in result.parts] == [24 * MiB, 24 * MiB]
     begun = next(e for e in started if isinstance(e, FileStarted))
     assert begun.parts_done == 1
-    # a new file under the adaptive window is planned to fill it
-    fresh = write(tmp_path / "fresh.e57", 12 * MiB, seed=2)
-    async with Uploader(cfg(part_size=8 * MiB)) as up:
+    # a new file under the adaptive window is planned to fill it, with parts of FILL_FLOOR
+    fresh = write(tmp_path / "fresh.e57", 48 * MiB, seed=2)
+    async with Uploader(cfg(part_size=32 * MiB)) as up:
         target = Recorded(sb, "uploads/fresh.e57")
         target.uploader = up
         result = await up.upload(fresh, target)
-    assert [p.size for p in result.parts] == [1 * MiB] * 12
+    assert [p.size for p in result.parts] == [FILL_FLOOR] * 6
 
 
 async def test_a_plan_the_limits_no_longer_allow_sends_every_part_again(

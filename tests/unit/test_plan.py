@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import ConfigError, PartLimits, TooLargeError, plan_parts
-from engine.plan import S3_LIMITS, choose_part_size
+from engine.plan import FILL_FLOOR, S3_LIMITS, choose_part_size
 
 MiB = 1024**2
 GiB = 1024**3
@@ -109,3 +109,23 @@ def test_invalid_limits_are_a_config_error() -> None:
         plan_parts(10, part_size=1, limits=PartLimits(min_size=10, max_size=5))
     with pytest.raises(ConfigError):
         plan_parts(-1, part_size=1)
+
+
+@pytest.mark.parametrize(
+    ("size", "preferred", "fill", "min_size", "want"),
+    [
+        (1024 * MiB, 64 * MiB, 64, 5 * MiB, 16 * MiB),  # a 1 GiB file fills 64 connections
+        (1024 * MiB, 64 * MiB, 32, 5 * MiB, 32 * MiB),
+        (128 * MiB, 64 * MiB, 32, 5 * MiB, FILL_FLOOR),  # not below the floor: 16 parts
+        (128 * MiB, 64 * MiB, 32, 12 * MiB, 12 * MiB),  # nor below the target's minimum
+        (100 * MiB, 5 * MiB, 4, 5 * MiB, 5 * MiB),  # filling never grows a part
+        (1000 * MiB, 64 * MiB, 3, 5 * MiB, 64 * MiB),  # a third would be larger: preferred
+    ],
+)
+def test_parts_shrink_to_fill_the_connections(
+    size: int, preferred: int, fill: int, min_size: int, want: int
+) -> None:
+    limits = PartLimits(min_size=min_size)
+    plan = plan_parts(size, part_size=preferred, limits=limits, fill=fill)
+    assert plan[0].size == want
+    assert sum(p.size for p in plan) == size
