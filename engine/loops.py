@@ -16,6 +16,7 @@ Rules:
 - each loop has its own ``aiohttp.ClientSession``, made like the Uploader's data pool
   (``data_session``: one TLS context, the same timeouts); their connection limits add up to
   ``connections`` (the budget), and a PUT goes to the loop with the most free connections;
+- each loop reads and hashes chunks in at most ``_READ_THREADS`` worker threads (memory);
 - progress is relayed to the caller's loop, coalesced (at most one relay pending per PUT),
   and all of it has arrived when ``put`` returns or raises;
 - a cancelled caller cancels the remote PUT and returns (raising) only once its
