@@ -46,7 +46,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import Case, Contender, Sample, _PeakRSS, _warm, machine, summarize
+from benchmarks.run import (
+    Case,
+    Contender,
+    Sample,
+    _PeakRSS,
+    _warm,
+    machine,
+    precompile,
+    summarize,
+)
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT / ".data"
@@ -315,6 +324,7 @@ def child_env(home: Path) -> dict[str, str]:
     }
     env.update(TOKENS, PYTHONPATH=str(ROOT.parent))
     env.update(XDG_CONFIG_HOME=str(home / "config"), XDG_STATE_HOME=str(home / "state"))
+    precompile(env, home)  # compiled modules kept, as an installed package has them
     return env
 
 

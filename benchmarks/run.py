@@ -265,6 +265,41 @@ class _PeakRSS:
         self._thread.join()
 
 
+Group = tuple[list[dict[str, Any]], list[dict[str, Any]], str]  # rows, targets, markdown
+
+
+def run_groups(quick: bool, reps: int, case_filter: str | None) -> dict[str, Group]:
+    """The case groups that run their own servers: ``benchmarks/flows.py`` (the platforms'
+    flows against a served sandbox with control-plane latency) and ``benchmarks/startup.py``
+    (fresh processes of the command line), when the case filter selects them (``flow``,
+    ``mp-flow``, ``speckle``; ``startup``) or there is none."""
+    from benchmarks import flows, startup
+
+    wanted = [w.strip() for w in case_filter.split(",")] if case_filter else None
+
+    def chosen(*names: str) -> bool:
+        return wanted is None or any(w and w in n for w in wanted for n in names)
+
+    out: dict[str, Group] = {}
+    if chosen("flows", "mp-flow", "speckle-500"):
+        rows = flows.run(quick, reps)
+        out["flows"] = (rows, flows.targets(rows), flows.markdown(rows))
+    if chosen("startup"):
+        rows = startup.measure(5 if quick else 15)
+        out["startup"] = (rows, startup.targets(rows), startup.markdown(rows))
+    return out
+
+
+def precompile(env: dict[str, str], tmp: Path) -> None:
+    """Let the children keep compiled modules, as an installed package has them: without this
+    (``PYTHONDONTWRITEBYTECODE`` is set here) every engine run would time the compiling of the
+    engine's modules, which pip compiles once at install; compile them now, untimed."""
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+    argv = [PY, "-m", "compileall", "-q", str(ROOT.parent / "engine"), str(ROOT)]
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+
+
 def run_one(
     c: Contender, case: Case, ep: Endpoint, ca: str | None, env: dict[str, str], timeout: float
 ) -> Sample:
@@ -451,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         AWS_SHARED_CREDENTIALS_FILE=str(tmp / "none"),
         PYTHONPATH=str(ROOT.parent),
     )
+    precompile(env, tmp)
     samples: list[Sample] = []
     started = time.time()
     try:
@@ -475,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = summarize(samples, cases)
     targets = evaluate_targets(rows)
+    groups = run_groups(args.quick, reps, args.cases)
+    for _rows, group_targets, _text in groups.values():
+        targets += [{"issue": 13, **t} for t in group_targets]
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     result = {
         "timestamp": stamp,
@@ -485,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "cases": [{k: v for k, v in asdict(c).items() if k != "contenders"} for c in cases],
         "summary": rows,
         "targets": targets,
+        **{name: group_rows for name, (group_rows, _, _) in groups.items()},
         "samples": [asdict(s) for s in samples],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -493,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(text)
     print()
     print(markdown(result))
+    for _rows, _targets, text in groups.values():
+        print()
+        print(text)
     if not args.no_plot:
         try:
             plot(result, args.out / "latest.png")

@@ -126,8 +126,8 @@ async def test_a_rerun_plans_the_journaled_ranges_whatever_the_window(
         with anyio.CancelScope() as scope:
             await up.upload(src, target)
     assert [e.size for e in first] == [24 * MiB]
-    # ... and a rerun with the adaptive window, which would plan parts of 8 MiB to fill twice
-    # its 16 slots, plans the same ranges, so that the part stored before still counts.
+    # ... and a rerun with the adaptive window, which would plan parts of 8 MiB to fill four
+    # times its 16 slots, plans the same ranges, so that the part stored before still counts.
     started: list[Event] = []
     async with Uploader(cfg(part_size=32 * MiB), on_event=started.append, journal=journal) as up:
         target.uploader = up
