@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     )
     from engine.events import (
         BytesSent,
+        Concurrency,
         Event,
         EventHook,
         FileFailed,
@@ -77,6 +78,7 @@ __all__ = [
     "AuthenticationError",
     "BytesSent",
     "Clock",
+    "Concurrency",
     "ConfigError",
     "ConflictError",
     "Event",
@@ -150,7 +152,8 @@ _HOMES = {
     "InterruptedUpload InvalidRequestError NotFoundError PartRejectedError PermissionDeniedError "
     "ProcessingError QuotaExceededError RemoteError RetriesExhaustedError ServiceError "
     "SourceChangedError SourceError StateError TooLargeError TransferError UploadError",
-    "engine.events": "BytesSent Event EventHook FileFailed FileFinished FileStarted PartDone "
+    "engine.events": "BytesSent Concurrency Event EventHook FileFailed FileFinished FileStarted "
+    "PartDone "
     "PartRetry Phase",
     "engine.models": "FileInfo PartLimits PartRequest PartResult PartSpec PresignedRemote Remote "
     "UploadResult",

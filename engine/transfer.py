@@ -6,15 +6,15 @@ Rules:
   goodput grows, halves on throttling and resets, never above ``config.max_concurrency``);
   the data connection pool is ``config.budget`` big, so connections never exceed it;
 - the control plane never holds a data slot: a part's URL is asked for (``part_request``)
-  before its PUT takes a slot, by workers that run ahead of the window (at most twice its
-  size, ``_Ahead``), so PUT slots never wait on GraphQL, nor on its retries; a URL that waited
+  before its PUT takes a slot, by workers that run ahead of the window (a second limiter of
+  twice its size), so PUT slots never wait on GraphQL, nor on its retries; a URL that waited
   longer than ``URL_MAX_AGE`` for its slot is asked for again;
 - each file runs workers that pull its parts in order (twice the window's ceiling at most),
   so a huge file queues that many waiters, not 10,000, and small files are not starved;
 - a file's parts are planned to fill four times the window (``plan_parts(fill=...)``, at
-  most its ceiling; parts never below ``FILL_FLOOR`` or the target's minimum for that); the part size
-  is journaled (``PartsPlanned``) and a
-  rerun plans the same ranges, or sends every part again when the limits no longer allow it;
+  most its ceiling; never below ``FILL_FLOOR`` or the target's minimum for that); the part
+  size is journaled (``PartsPlanned``) and a rerun plans the same ranges, or sends every part
+  again when the limits no longer allow it;
 - a part is retried on transient failures with full-jitter backoff (or ``Retry-After``), waiting
   *outside* the limiter; an expired URL is refreshed from the target; fatal answers fail the file
   (``engine.retry.decide`` says which);
@@ -30,15 +30,18 @@ Rules:
   closes the file before it propagates;
 - a ``PartSender`` (``engine.cluster``) may move the bytes instead of this process: the limiter
   is then its ``slots`` big, and everything above stays here (part URLs, retries, ETag checks,
-  the journal); ``config.bwlimit`` caps this process's own PUTs (``Throttle``).
+  the journal); ``config.bwlimit`` caps this process's own PUTs (``Throttle``); ``DataLoops``
+  (``engine.loops``) move HTTPS PUTs on other event loops of this process, inside the same
+  slots.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -408,19 +411,12 @@ class Engine:
             return await self._sender.send(
                 PartPut(run.info, part, request, run.hashing, tls), progress
             )
+        put: Callable[..., Awaitable[PutOutcome]]
         if self._loops is not None and self._loops.takes(request):
-            return await self._loops.put(
-                request,
-                run.source.fd,
-                part,
-                chunk_size=cfg.effective_chunk,
-                stall_timeout=cfg.stall_timeout,
-                on_progress=progress,
-                md5=run.hashing,
-                tls=tls,
-            )
-        return await put_range(
-            self._data,
+            put = self._loops.put
+        else:
+            put = functools.partial(put_range, self._data, throttle=self._throttle)
+        return await put(
             request,
             run.source.fd,
             part,
@@ -429,7 +425,6 @@ class Engine:
             on_progress=progress,
             md5=run.hashing,
             tls=tls,
-            throttle=self._throttle,
         )
 
     def _unverifiable(self, run: _FileRun, why: str) -> None:

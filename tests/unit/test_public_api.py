@@ -20,6 +20,7 @@ EXPECTED = {
     "MatterportFileRemote", "S3Object", "SpeckleVersion", "RetryPolicy", "HasServices",
     "Services",
     "S3Clients",  # one botocore client for many S3 targets
+    "Concurrency",  # the adaptive window's changes
 }  # fmt: skip
 
 
