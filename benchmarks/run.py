@@ -139,8 +139,11 @@ class Endpoint:
         key: Path | None,
         fail_rate: float,
         shape: Shape | None = None,
+        md5_etags: bool = False,
     ):
         argv = [PY, "-m", "benchmarks.endpoint", "--port", "0", *(shape.argv() if shape else [])]
+        if md5_etags:
+            argv.append("--hash")
         if fail_rate:
             argv += ["--fail-rate", str(fail_rate), "--seed", "42"]
         if tls:
@@ -456,11 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.endpoint import make_cert
 
     cert, key = make_cert(tmp)
-    eps: dict[tuple[str, bool, Shape | None], Endpoint] = {}
+    eps: dict[tuple[str, bool, Shape | None, bool], Endpoint] = {}
 
     def endpoint(case: Case) -> Endpoint:
         """The case's endpoint, started on first use: one per scheme, fault rate and shape."""
-        k = (case.scheme, case.faults, case.shape)
+        k = (case.scheme, case.faults, case.shape, case.md5_etags)
         if k not in eps:
             tls = case.scheme == "https"
             eps[k] = Endpoint(
@@ -469,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
                 key=key if tls else None,
                 fail_rate=0.05 if case.faults else 0.0,
                 shape=case.shape,
+                md5_etags=case.md5_etags,
             )
         return eps[k]
 
