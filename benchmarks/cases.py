@@ -98,6 +98,7 @@ def _peers() -> dict[str, Contender]:
         "eng_uv": _engine("engine (uvloop)", "--verify", "on", "--loop", "uvloop"),
         "eng_8": _engine("engine --concurrency 8 (the old default)", "--concurrency", "8"),
         "eng_1": _engine("engine --data-loops 1 (one event loop)", "--data-loops", "1"),
+        "eng_2": _engine("engine --data-loops 2 (two event loops)", "--data-loops", "2"),
         "eng_64": _engine("engine --concurrency 64", "--concurrency", "64"),
         "ceiling": c("sendfile ceiling", "py", ("sendfile",), group="ceiling", hashing=False),
         "req": c("requests, part by part (Matterport example)", "py", ("requests",), hashing=False),
@@ -187,7 +188,7 @@ def _loopback_cases(data: dict[str, Path], k: dict[str, Contender]) -> list[Case
             big,
             16,
             8,
-            pick("eng", "eng_1", "eng_off", "req", "b3", "b3t", "crt", "s5"),
+            pick("eng", "eng_1", "eng_2", "eng_off", "req", "b3", "b3t", "crt", "s5"),
         ),
         Case(
             "single-https",
@@ -197,7 +198,7 @@ def _loopback_cases(data: dict[str, Path], k: dict[str, Contender]) -> list[Case
             big,
             16,
             1,
-            pick("eng", "eng_1", "eng_off", "curl"),
+            pick("eng", "eng_1", "eng_2", "eng_off", "curl"),
         ),
     ]
 

@@ -40,9 +40,10 @@ class UploadConfig:
                      1 MiB keeps aiohttp from copying large first chunks); ``effective_chunk``
                      is smaller when ``memory_budget`` asks for it.
     memory_budget:   bytes of file data the data path may hold at once, over every PUT in
-                     flight (see ``effective_chunk``).
+                     flight: each PUT reads chunks of its share of it (``chunk_for`` the
+                     window of the moment; ``effective_chunk`` at the ceiling).
     data_loops:      event loops that move HTTPS bytes (TLS and hashing on several cores):
-                     ``None``: one per core, at most 4; ``1``: all on the caller's loop. Plain
+                     ``None``: one per two cores, at most 4; ``1``: all on the caller's loop. Plain
                      HTTP always stays on the caller's loop (``sendfile(2)`` needs no more).
     max_attempts:    attempts per part (first try included) before the file fails.
     backoff_base:    first retry waits up to this many seconds (full jitter) ...
@@ -115,7 +116,14 @@ class UploadConfig:
     def effective_chunk(self) -> int:
         """The chunk each PUT reads at a time: ``chunk_size``, shrunk (to a multiple of 64 KiB,
         not below it) so that ``budget`` PUTs hold at most ``memory_budget`` bytes."""
-        share = self.memory_budget // (_CHUNKS_HELD * self.budget)
+        return self.chunk_for(self.budget)
+
+    def chunk_for(self, window: int) -> int:
+        """The chunk of a PUT that starts while ``window`` PUTs may be in flight: the share of
+        ``memory_budget`` of each of them (a multiple of 64 KiB, not below it, at most
+        ``chunk_size``). While the window doubles, the PUTs begun before keep their larger
+        chunks: the data path then holds up to 1.5 times the budget until they end."""
+        share = self.memory_budget // (_CHUNKS_HELD * max(1, window))
         return max(_MIN_CHUNK, min(self.chunk_size, share // _MIN_CHUNK * _MIN_CHUNK))
 
     @property

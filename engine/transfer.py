@@ -420,7 +420,7 @@ class Engine:
             request,
             run.source.fd,
             part,
-            chunk_size=cfg.effective_chunk,
+            chunk_size=cfg.chunk_for(self._window.size),  # the budget's share of each PUT
             stall_timeout=cfg.stall_timeout,
             on_progress=progress,
             md5=run.hashing,

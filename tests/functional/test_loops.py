@@ -316,7 +316,14 @@ async def test_a_source_error_on_a_data_loop_fails_the_file_as_on_one_loop(
 
 @pytest.mark.parametrize(
     ("data_loops", "budget", "cpus", "want"),
-    [(None, 64, 2, 2), (None, 64, 16, AUTO_LOOPS), (None, 1, 8, 1), (3, 2, 8, 2), (1, 64, 8, 1)],
+    [
+        (None, 64, 2, 1),
+        (None, 64, 4, 2),
+        (None, 64, 16, AUTO_LOOPS),
+        (None, 1, 8, 1),
+        (3, 2, 8, 2),
+        (1, 64, 8, 1),
+    ],
 )
 def test_how_many_loops(data_loops: int | None, budget: int, cpus: int, want: int) -> None:
     config = UploadConfig(data_loops=data_loops, concurrency=budget)
