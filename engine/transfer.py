@@ -388,12 +388,12 @@ class Engine:
                 except AttemptFailed as failed:
                     self._window.pushed_back(failed.verdict)
                     return failed
-        self._window.stored(part.size)
         found = integrity_of(outcome.etag, outcome.headers)
         if found.check == "none":
             self._unverifiable(run, found.why)
         elif (bad := found.mismatch(outcome.md5)) is not None:
             return AttemptFailed(bad)
+        self._window.stored(part.size)  # goodput: bytes the store acknowledged as sent
         return PartResult(part.number, outcome.etag, part.size)
 
     async def _put(
