@@ -28,6 +28,7 @@ from engine.journal import Journal
 from engine.loops import DataLoops, data_session, loop_count
 from engine.models import FileInfo, UploadResult
 from engine.target import OnChange, Services, Target
+from engine.tlsthreads import TLSThreads
 from engine.transfer import Engine, PartSender
 
 __all__ = ["Uploader", "tls_context"]
@@ -129,7 +130,7 @@ class Uploader:
         self._trace_configs = list(trace_configs)
         self._sender = sender
         self._owned: list[aiohttp.ClientSession] = []
-        self._loops: DataLoops | None = None  # owned too; kept once closed (its counters)
+        self._loops: DataLoops | TLSThreads | None = None  # owned; kept once closed
         self._https = False  # an owned pool spoke TLS (see _TLS_CLOSE_GRACE)
         self._engine: Engine | None = None
         self._journal: Journal | None = None
@@ -212,11 +213,16 @@ class Uploader:
         trace.on_request_start.append(started)
         return trace
 
-    def _data_loops(self, tls: ssl.SSLContext | bool) -> DataLoops | None:
-        """The loops that will move HTTPS bytes, if this uploader is to have any."""
+    def _data_loops(self, tls: ssl.SSLContext | bool) -> DataLoops | TLSThreads | None:
+        """What will move HTTPS bytes off the caller's loop, if anything: worker threads on
+        blocking sockets (``data_loops=None``, the default), or ``data_loops`` event loops."""
         cfg = self.config
+        if self._sender is not None or cfg.bwlimit is not None:
+            return None
+        if cfg.data_loops is None:
+            return TLSThreads(tls=tls, limit=cfg.budget, stall_timeout=cfg.stall_timeout)
         count = loop_count(cfg)
-        if count < 2 or self._sender is not None or cfg.bwlimit is not None:
+        if count < 2:
             return None
         return DataLoops(
             count,

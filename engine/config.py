@@ -42,9 +42,11 @@ class UploadConfig:
     memory_budget:   bytes of file data the data path may hold at once, over every PUT in
                      flight: each PUT reads chunks of its share of it (``chunk_for`` the
                      window of the moment; ``effective_chunk`` at the ceiling).
-    data_loops:      event loops that move HTTPS bytes (TLS and hashing on several cores):
-                     ``None``: one per two cores, at most 4; ``1``: all on the caller's loop. Plain
-                     HTTP always stays on the caller's loop (``sendfile(2)`` needs no more).
+    data_loops:      what moves HTTPS bytes (TLS and hashing on several cores): ``None``, a
+                     worker thread per PUT on blocking sockets (``engine.tlsthreads``); ``N``
+                     > 1, N event loops in threads (``engine.loops``); ``1``, the caller's
+                     loop. Plain HTTP always stays on the caller's loop (``sendfile(2)``
+                     needs no more).
     max_attempts:    attempts per part (first try included) before the file fails.
     backoff_base:    first retry waits up to this many seconds (full jitter) ...
     backoff_cap:     ... doubling per attempt up to this cap.

@@ -81,8 +81,10 @@ def _cpus() -> int:
 
 def loop_count(config: UploadConfig, cpus: int | None = None) -> int:
     """How many loops move HTTPS bytes: ``config.data_loops``, or one per two cores (at most
-    ``AUTO_LOOPS``) when it is ``None``; never more than ``config.budget`` (each loop needs a
-    connection of its own). ``1`` means none: every PUT on the caller's loop.
+    ``AUTO_LOOPS``) when it is ``None`` (the ``Uploader`` then sends HTTPS through
+    ``engine.tlsthreads`` instead, and asks this only for an explicit count); never more than
+    ``config.budget`` (each loop needs a connection of its own). ``1`` means none: every PUT
+    on the caller's loop.
 
     One per two cores, not one per core: on 2 cores, 2 loops moved 1 GiB over HTTPS no faster
     than one (0.63 vs 0.62 GB/s with 1 MiB chunks) and slower with small chunks (0.36 vs 0.51

@@ -56,6 +56,7 @@ __all__ = [
     "RangeBody",
     "Throttle",
     "check_put_size",
+    "outcome_of",
     "put_range",
 ]
 
@@ -193,6 +194,7 @@ class RangeBody(aiohttp.Payload):
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.sent = 0
         self.used_sendfile = False
+        self.planned = part.size  # the bytes this body must send
         self.error: BaseException | None = None  # a source failure, kept past aiohttp's wrapping
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
@@ -374,6 +376,32 @@ def _outcome(
     body: RangeBody,
     headers: Mapping[str, str],
 ) -> PutOutcome:
+    md5 = body.md5.hexdigest() if body.hashing else ""
+    return outcome_of(
+        status,
+        payload,
+        etag,
+        retry_after,
+        sent=body.sent,
+        size=body.planned,
+        md5=md5,
+        headers=headers,
+    )
+
+
+def outcome_of(
+    status: int,
+    payload: bytes,
+    etag: str,
+    retry_after: str | None,
+    *,
+    sent: int,
+    size: int,
+    md5: str,
+    headers: Mapping[str, str],
+) -> PutOutcome:
+    """What an answer to a PUT of ``size`` bytes (``sent`` of them sent, their MD5 ``md5``)
+    means: its ``PutOutcome``, or ``AttemptFailed`` with the verdict. Every sender uses it."""
     if not 200 <= status < 300:
         raise AttemptFailed(classify_response(status, payload, retry_after))
     if b"<Error>" in payload[:512]:
@@ -386,7 +414,6 @@ def _outcome(
         raise AttemptFailed(Verdict(verdict.kind, redact(detail), verdict.retry_after))
     if not etag:
         raise AttemptFailed(Verdict("fatal", f"HTTP {status} without an ETag header"))
-    if body.sent != body.size:
+    if sent != size:
         raise AttemptFailed(Verdict("transient", "body not fully sent"))
-    md5 = body.md5.hexdigest() if body.hashing else ""
     return PutOutcome(etag=etag, md5=md5, headers=headers)

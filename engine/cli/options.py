@@ -122,8 +122,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         "--data-loops",
         type=positive,
         default=None,
-        help="event loops moving HTTPS bytes, on that many cores (default: one per two "
-        "cores, at most 4; 1: one loop)",
+        help="move HTTPS bytes on N event loops in threads (default: a worker thread per PUT "
+        "on blocking sockets; 1: one loop)",
     )
     g.add_argument("--part-size", type=size, default=None, help="preferred (default 64MiB)")
     g.add_argument("--chunk-size", type=size, default=1 * MiB, help=argparse.SUPPRESS)
