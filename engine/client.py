@@ -94,12 +94,14 @@ class Uploader:
     sender:    who moves the parts' bytes instead of this process (``engine.cluster.
                ClusterSender``: the workers of a Dask cluster); every other step stays here.
 
-    HTTPS PUTs run on ``config.data_loops`` event loops in threads of their own
-    (``engine.loops``: TLS and hashing on several cores), started by the first such PUT;
-    everything else stays on the caller's loop. There are none, and every PUT runs on the
-    caller's loop, with ``data_loops=1``, with a caller's ``session`` (its pool is bound to the
-    caller's loop), with a ``sender``, and with ``config.bwlimit`` (the cap is kept per loop).
-    On the data loops the ``trace_configs``' callbacks run in those threads.
+    HTTPS PUTs run off the caller's loop, so that TLS and hashing use several cores: by
+    default each in a worker thread on a blocking TLS socket (``engine.tlsthreads``), or with
+    ``config.data_loops=N`` on N event loops in threads (``engine.loops``), started by the
+    first such PUT; everything else stays on the caller's loop. Every PUT runs on the
+    caller's loop with ``data_loops=1``, with a caller's ``session`` (its pool is bound to the
+    caller's loop), with a ``sender``, and with ``config.bwlimit`` (the cap is the caller's
+    loop's). The ``trace_configs`` see no PUT of the worker threads; on data loops their
+    callbacks run in those loops' threads.
 
     Platform entry points (``Matterport.import_files``, ``Speckle.upload``) take the open
     ``Uploader`` and use only its ``services``.

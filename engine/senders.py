@@ -2,7 +2,9 @@
 
 - ``PartSender``: another process or machine (``engine.cluster``: the workers of a Dask
   cluster); the scheduler's limiter is then the sender's ``slots`` big;
-- ``DataLoops``: other event loops of this process (``engine.loops``: HTTPS on several cores).
+- ``DataLoops``: other threads of this process that take some PUTs (HTTPS on several cores):
+  worker threads on blocking sockets (``engine.tlsthreads``, the default), or event loops
+  (``engine.loops``).
 
 Either only sends: the scheduler keeps the limiter, part URLs, retries, ETag checks and the
 journal, and the caller's loop runs all of it.

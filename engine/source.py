@@ -20,7 +20,7 @@ from typing import Self
 from engine.errors import SourceChangedError, SourceError, source_error
 from engine.models import FileInfo
 
-__all__ = ["FileSource", "read_chunk"]
+__all__ = ["FileSource", "read_chunk", "read_into"]
 
 
 class FileSource:
@@ -69,6 +69,23 @@ class FileSource:
                 f"{self.info.path} changed {when} ({', '.join(changes)}); "
                 "rerun to upload the new contents"
             )
+
+
+def read_into(fd: int, view: memoryview, offset: int, md5: hashlib._Hash | None) -> None:
+    """Fill ``view`` from ``offset`` and feed it to ``md5``, as ``read_chunk`` does, into a
+    buffer the caller reuses: only for a sender whose write has copied the bytes out when it
+    returns (a blocking ``sendall``), never for an asyncio transport. Blocking."""
+    try:
+        n = os.preadv(fd, [view], offset)
+    except OSError as exc:
+        raise SourceError(f"read failed at offset {offset}: {exc.strerror}") from exc
+    if n != len(view):
+        raise SourceChangedError(
+            f"file is shorter than planned (read {n} of {len(view)} bytes at offset "
+            f"{offset}); it changed while uploading — rerun to upload the new contents"
+        )
+    if md5 is not None:
+        md5.update(view)
 
 
 def read_chunk(fd: int, size: int, offset: int, md5: hashlib._Hash | None) -> bytes:

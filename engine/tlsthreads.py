@@ -11,8 +11,9 @@ Rules:
 - one thread per PUT in flight (its own limiter, the window's ceiling big), each PUT on a
   kept-alive ``http.client.HTTPSConnection`` from a pool per host, made with the uploader's
   TLS trust (``engine.client.tls_context``);
-- the body is read in chunks (``engine.source.read_chunk``: a fresh buffer each, hashed on
-  the way) and written with ``sendall``; ``Content-Length`` is always explicit; progress is
+- the body is read in chunks into one buffer per PUT (``engine.source.read_into``, hashed on
+  the way: ``sendall`` has copied a chunk out when it returns, so the buffer is refilled
+  safely) and written with ``sendall``; ``Content-Length`` is always explicit; progress is
   relayed to the caller's loop (``call_soon_threadsafe``), all of it before ``put`` returns;
 - every socket operation times out after ``stall_timeout`` (a stalled PUT is transient);
 - the answer becomes what ``engine.transport.put_range`` returns (``outcome_of``): the same
@@ -36,16 +37,22 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from engine.errors import InputError
 from engine.models import PartRequest, PartSpec
-from engine.redact import redact
 from engine.retry import INTEGRITY_HEADERS, Verdict
-from engine.source import read_chunk
-from engine.transport import AttemptFailed, PutOutcome, check_put_size, outcome_of
+from engine.source import read_into
+from engine.transport import (
+    MAX_ANSWER_BODY,
+    AttemptFailed,
+    PutOutcome,
+    check_put_size,
+    headers_of,
+    outcome_of,
+    transport_reason,
+    untrusted,
+)
 
 __all__ = ["TLSThreads"]
 
-_MAX_ERROR_BODY = 64 * 1024
 _Key = tuple[str, int]
 
 
@@ -181,33 +188,17 @@ class TLSThreads:
                 raise _Stopped
         keep = False
         try:
-            outcome, keep = self._exchange(
-                conn, job, url.path + (f"?{url.query}" if url.query else "")
-            )
+            query = f"?{url.query}" if url.query else ""
+            outcome, keep = self._exchange(conn, job, url.path + query)
             self.puts += 1
             return outcome
-        except (InputError, AttemptFailed):
-            raise
-        except _Stopped:
-            raise
-        except ssl.SSLCertVerificationError as exc:
+        except ssl.SSLCertVerificationError as exc:  # no retry makes it trusted
             why = exc.verify_message or type(exc).__name__
-            raise AttemptFailed(
-                Verdict(
-                    "fatal",
-                    redact(
-                        f"the TLS certificate of {key[0]} is not trusted ({why}): give its CA "
-                        "bundle (UploadConfig.ca_bundle / --ca-bundle, or SSL_CERT_FILE / "
-                        "SSL_CERT_DIR)"
-                    ),
-                )
-            ) from exc
-        except (OSError, http.client.HTTPException) as exc:
+            raise AttemptFailed(Verdict("fatal", untrusted(key[0], why))) from exc
+        except (OSError, http.client.HTTPException) as exc:  # source errors are not these
             if job.stop:
                 raise _Stopped from exc
-            text = str(exc).strip()
-            reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-            raise AttemptFailed(Verdict("transient", redact(reason))) from exc
+            raise AttemptFailed(Verdict("transient", transport_reason(exc))) from exc
         finally:
             if keep and not job.stop:
                 self._keep(key, conn)
@@ -219,24 +210,27 @@ class TLSThreads:
     ) -> tuple[PutOutcome, bool]:
         """Send the request and read the answer; (its outcome, whether to keep the connection)."""
         req, part = job.request, job.part
+        headers, content_type = headers_of(req)
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = content_type
+        headers["Content-Length"] = str(part.size)
         conn.putrequest(req.method, target, skip_accept_encoding=True)
-        for name, value in req.headers:
+        for name, value in headers.items():
             conn.putheader(name, value)
-        if not any(name.lower() == "content-type" for name, _ in req.headers):
-            conn.putheader("Content-Type", "application/octet-stream")
-        conn.putheader("Content-Length", str(part.size))
         conn.endheaders()
         digest = hashlib.md5(usedforsecurity=False) if job.md5 else None
+        buf = memoryview(bytearray(min(job.chunk, max(part.size, 1))))
         offset, left, sent = part.offset, part.size, 0
         while left > 0:
             if job.stop:
                 raise _Stopped
-            n = min(job.chunk, left)
-            conn.send(read_chunk(job.fd, n, offset, digest))
+            n = min(len(buf), left)
+            read_into(job.fd, buf[:n], offset, digest)
+            conn.send(buf[:n])
             offset, left, sent = offset + n, left - n, sent + n
             job.progress(n)
         resp = conn.getresponse()
-        payload = resp.read(_MAX_ERROR_BODY)
+        payload = resp.read(MAX_ANSWER_BODY)
         drained = resp.read(1) == b""
         kept = {h: resp.headers[h] for h in INTEGRITY_HEADERS if h in resp.headers}
         outcome = outcome_of(

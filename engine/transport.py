@@ -51,19 +51,24 @@ from engine.units import human_bytes
 
 __all__ = [
     "AZURE_MAX_PUT",
+    "MAX_ANSWER_BODY",
     "AttemptFailed",
     "PutOutcome",
     "RangeBody",
     "Throttle",
     "check_put_size",
+    "headers_of",
     "outcome_of",
     "put_range",
+    "transport_reason",
+    "untrusted",
 ]
 
 #: the largest body Azure Blob storage takes in one Put Blob (service version 2019-12-12 on)
 AZURE_MAX_PUT: Final = 5000 * 1024 * 1024
 
-_MAX_ERROR_BODY = 64 * 1024
+#: the most of an answer's body a PUT reads (an error document; a success has none)
+MAX_ANSWER_BODY = 64 * 1024
 # sendfile(2) slice: progress (and the stall deadline) moves once per slice; ~2-4 ms of work.
 _SENDFILE_SLICE = 8 * 1024 * 1024
 # reused read buffer of the hashing thread on the zero-copy path
@@ -287,20 +292,25 @@ class RangeBody(aiohttp.Payload):
 
 def _untrusted(exc: aiohttp.ClientConnectorCertificateError) -> str:
     cause = exc.certificate_error
-    why = getattr(cause, "verify_message", "") or type(cause).__name__
+    return untrusted(exc.host, getattr(cause, "verify_message", "") or type(cause).__name__)
+
+
+def untrusted(host: str, why: str) -> str:
+    """Why a PUT to ``host`` failed at once: its certificate is not trusted (``why``)."""
     return redact(
-        f"the TLS certificate of {exc.host} is not trusted ({why}): give its CA bundle "
+        f"the TLS certificate of {host} is not trusted ({why}): give its CA bundle "
         "(UploadConfig.ca_bundle / --ca-bundle, or SSL_CERT_FILE / SSL_CERT_DIR)"
     )
 
 
-def _transport_reason(exc: BaseException) -> str:
+def transport_reason(exc: BaseException) -> str:
+    """A connection failure in words, redacted (a transient verdict's reason)."""
     name = type(exc).__name__
     text = str(exc).strip()
     return redact(f"{name}: {text}" if text else name)
 
 
-def _headers_of(request: PartRequest) -> tuple[dict[str, str], str]:
+def headers_of(request: PartRequest) -> tuple[dict[str, str], str]:
     """The request's headers, and its content type (``application/octet-stream`` if none)."""
     kinds = (v for k, v in request.headers if k.lower() == "content-type")
     return dict(request.headers), next(kinds, "application/octet-stream")
@@ -331,7 +341,7 @@ async def put_range(
             stall.deadline = anyio.current_time() + stall_timeout
             on_progress(n)
 
-        headers, content_type = _headers_of(request)
+        headers, content_type = headers_of(request)
         body = RangeBody(
             fd,
             part,
@@ -350,7 +360,7 @@ async def put_range(
                 headers=headers,
                 ssl=True if tls is None else tls,  # True: the session's own
             ) as resp:
-                payload = await resp.content.read(_MAX_ERROR_BODY)
+                payload = await resp.content.read(MAX_ANSWER_BODY)
                 status = resp.status
                 etag = resp.headers.get("ETag", "")
                 retry_after = resp.headers.get("Retry-After")
@@ -362,7 +372,7 @@ async def put_range(
         except Exception as exc:  # connection errors; aiohttp may wrap a body failure in anything
             if body.error is not None:
                 raise body.error from None
-            raise AttemptFailed(Verdict("transient", _transport_reason(exc))) from exc
+            raise AttemptFailed(Verdict("transient", transport_reason(exc))) from exc
     if stall.cancelled_caught:
         raise AttemptFailed(Verdict("transient", f"stalled: no progress for {stall_timeout:g} s"))
     return _outcome(status, payload, etag, retry_after, body, kept)

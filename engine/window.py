@@ -134,9 +134,11 @@ class Window:
         now: Callable[[], float],
         on_change: Callable[[int, str], None],
     ) -> None:
-        self.ramp = None if fixed is not None else Ramp(ceiling)
-        size = fixed if fixed is not None else self.ramp.size if self.ramp else START
-        self.limiter = anyio.CapacityLimiter(size)
+        self.ramp: Ramp | None = None
+        if fixed is None:
+            self.ramp = Ramp(ceiling)  # it starts at START, or at the ceiling when lower
+            fixed = self.ramp.size
+        self.limiter = anyio.CapacityLimiter(fixed)
         self._now = now
         self._on_change = on_change
         self._bytes = 0

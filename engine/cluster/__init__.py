@@ -10,8 +10,9 @@ move bytes (``engine.cluster.tasks``). From Python, with a ``distributed.Client`
         async with Uploader(config, sender=sender) as up:
             ...  # Matterport.import_files(up, ...), Speckle.upload(up, ...), up.upload(...)
 
-``config.concurrency`` is then the PUTs in flight per worker, ``config.bwlimit`` the send
-rate of each worker process.
+``config.concurrency`` is then the PUTs in flight per worker (``tasks.PER_WORKER_DEFAULT``,
+8, when it is ``None``: a worker has no adaptive window), ``config.bwlimit`` the send rate of
+each worker process.
 """
 
 INSTALL_HINT = "Dask distributed is not installed: pip install 'upload-engine[cluster]'"

@@ -26,7 +26,7 @@ from engine.loops import DataLoops
 from engine.models import FileInfo
 from engine.sandbox.faults import FaultPlan
 from engine.sandbox.server import Sandbox
-from engine.source import read_chunk as real_read
+from engine.source import read_into as real_read
 from engine.tlsthreads import TLSThreads
 from tests.functional.test_loops import PART, _failure, _shrunk, ca, cfg, sb, source
 from tests.integration.conftest import PrivateCA
@@ -78,15 +78,15 @@ async def test_a_cancelled_caller_returns_only_after_every_thread_let_go(
     returned = threading.Event()
     reads: list[tuple[bool, bool]] = []  # per read: did it begin, did it end, after the return
 
-    def slow_read(fd: int, n: int, offset: int, md5: Any) -> bytes:
+    def slow_read(fd: int, view: memoryview, offset: int, md5: Any) -> None:
         began = returned.is_set()
         time.sleep(0.05)  # reads are under way in the threads when the caller is cancelled
         try:
-            return real_read(fd, n, offset, md5)
+            real_read(fd, view, offset, md5)
         finally:
             reads.append((began, returned.is_set()))
 
-    monkeypatch.setattr(tlsthreads_module, "read_chunk", slow_read)
+    monkeypatch.setattr(tlsthreads_module, "read_into", slow_read)
     scope = anyio.CancelScope()
 
     def on_event(e: Event) -> None:
